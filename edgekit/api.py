@@ -1,0 +1,358 @@
+"""The verbs of edgekit as functions; the CLI is a thin shell over these.
+
+`export` is the spine: profile -> teacher -> passes -> every converter x precision ->
+run each artifact in its real runtime against the teacher -> bundle + report, written
+atomically into `out/<device>/`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgekit
+from converters.base import MEASURED_HOST, NOT_RUN, Artifact, ExportSpec, RuntimeUnavailable, get_converter
+from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, write_json
+from edgekit.errors import BudgetError, UserError
+from edgekit.model import Teacher, load_teacher
+from edgekit.passes import PassContext, get_pass
+from edgekit.profiles import DeviceProfile, all_profiles, load_profile
+from edgekit.recipe import PRECISIONS, Recipe, parse_recipe
+from edgekit.report.html import write_html
+from edgekit.report.schema import (
+    ArtifactReport,
+    BudgetCheck,
+    FidelityReport,
+    LatencyReport,
+    Report,
+    SizeReport,
+)
+from edgekit.verify.fidelity import fidelity
+from edgekit.verify.latency import host_description, time_runs
+from edgekit.verify.texts import SAMPLE_TEXTS_DIR, load_texts
+
+#: A runtime that is only a reference check (not device kernels) is run on this many texts.
+REFERENCE_RUNTIME_TEXTS = 48
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    report: Report
+
+    @property
+    def report_html(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+def devices() -> list[DeviceProfile]:
+    return all_profiles()
+
+
+def _host_threads(profile: DeviceProfile) -> int:
+    import os
+
+    return max(1, min(profile.threads, os.cpu_count() or 1))
+
+
+def _resolve_precisions(profile: DeviceProfile, recipe: Recipe, precisions: list[str] | None) -> list[str]:
+    chosen = list(precisions or recipe.precisions or profile.precisions)
+    for p in chosen:
+        if p not in PRECISIONS:
+            raise UserError(f"unknown precision '{p}'; use one of {', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(chosen))
+
+
+def _run_artifact(runtime, inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
+    rows = []
+    for i in range(n):
+        outputs = runtime.run({k: v[i : i + 1] for k, v in inputs.items()})
+        rows.append(next(iter(outputs.values())))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def _torch_reference(teacher: Teacher, inputs: dict[str, np.ndarray], threads: int, repeats: int) -> dict:
+    """Teacher outputs for every text plus its own host latency and size, for the report's reference row."""
+    torch.set_num_threads(threads)
+    outputs = np.concatenate([teacher.run({k: v[i : i + 32] for k, v in inputs.items()}) for i in range(0, len(inputs["input_ids"]), 32)])
+    one = {k: torch.from_numpy(v[:1]) for k, v in inputs.items()}
+    with torch.no_grad():
+        lat = time_runs(lambda: teacher.module(**one), repeats=repeats)
+    counts = teacher.parameter_counts()
+    fp32_bytes = 4 * counts["total"]
+    return {
+        "outputs": outputs,
+        "latency": {**lat, "threads": threads, "provenance": MEASURED_HOST, "runtime": f"torch {torch.__version__}"},
+        "size_mb": fp32_bytes / 1e6,
+        "size_without_embeddings_mb": 4 * counts["non_embedding"] / 1e6,
+        "size_provenance": "computed: 4 bytes x parameter count (fp32)",
+    }
+
+
+def _verify(
+    artifact: Artifact,
+    converter,
+    teacher: Teacher,
+    inputs: dict[str, np.ndarray],
+    reference: np.ndarray,
+    threads: int,
+    seq_len: int,
+    repeats: int,
+) -> tuple[FidelityReport, LatencyReport]:
+    try:
+        runtime = converter.runtime(artifact, threads)
+    except RuntimeUnavailable as exc:
+        reason = str(exc)
+        return (FidelityReport(provenance=NOT_RUN, reason=reason), LatencyReport(provenance=NOT_RUN, reason=reason))
+    n = len(reference) if runtime.measures_latency else min(len(reference), REFERENCE_RUNTIME_TEXTS)
+    outputs = _run_artifact(runtime, inputs, n)
+    fid = FidelityReport(
+        metrics=fidelity(teacher.task, reference[:n], outputs),
+        n_texts=n,
+        runtime=runtime.name,
+        runtime_version=runtime.version,
+        provenance=runtime.provenance,
+    )
+    if not runtime.measures_latency:
+        reason = getattr(runtime, "latency_reason", f"{runtime.name} is a reference check, not the device's kernels")
+        return fid, LatencyReport(provenance=NOT_RUN, reason=reason, seq_len=seq_len)
+    one = {k: v[:1] for k, v in inputs.items()}
+    lat = time_runs(lambda: runtime.run(one), repeats=repeats)
+    return fid, LatencyReport(
+        median_ms=lat["median_ms"],
+        p90_ms=lat["p90_ms"],
+        min_ms=lat["min_ms"],
+        threads=runtime.threads,
+        seq_len=seq_len,
+        warmup=lat["warmup"],
+        repeats=lat["repeats"],
+        runtime=f"{runtime.name} {runtime.version}",
+        provenance=runtime.provenance,
+    )
+
+
+def _budget_checks(profile: DeviceProfile, task: str, artifacts: list[ArtifactReport]) -> list[BudgetCheck]:
+    b = profile.budgets
+    checks: list[BudgetCheck] = []
+    for art in artifacts:
+        if b.size_mb is not None:
+            checks.append(
+                BudgetCheck(
+                    artifact=art.path,
+                    budget="size_mb",
+                    limit=b.size_mb,
+                    value=art.size.mb,
+                    passed=art.size.mb <= b.size_mb,
+                    provenance=art.size.provenance,
+                )
+            )
+        metric, limit = ("cosine_mean", b.min_cosine) if task == "embedding" else ("top1_agreement", b.min_top1_agreement)
+        if limit is not None:
+            value = art.fidelity.metrics.get(metric)
+            checks.append(
+                BudgetCheck(
+                    artifact=art.path,
+                    budget=f"min_{metric}",
+                    limit=limit,
+                    value=value,
+                    passed=None if value is None else value >= limit,
+                    provenance=art.fidelity.provenance,
+                    note="" if value is not None else f"not checked: {art.fidelity.reason}",
+                )
+            )
+        if b.latency_ms is not None:
+            checks.append(
+                BudgetCheck(
+                    artifact=art.path,
+                    budget="latency_ms",
+                    limit=b.latency_ms,
+                    value=None,
+                    passed=None,
+                    provenance=NOT_RUN,
+                    note="not checked: needs a device measurement or estimate; host latency is not device latency",
+                )
+            )
+    return checks
+
+
+def export(
+    device: str = "pixel4",
+    model: str | Path | None = None,
+    *,
+    formats: list[str] | None = None,
+    precisions: list[str] | None = None,
+    recipe: str | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    allow_pickle: bool = False,
+    texts: str | Path | None = None,
+    max_texts: int | None = None,
+    latency_repeats: int = 30,
+    allow_over_budget: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export `model` (default: the embedded teacher) for `device`; see `edgekit export --help`."""
+    say = progress or (lambda _msg: None)
+    profile = load_profile(device)
+    parsed = parse_recipe(recipe if recipe is not None else profile.default_recipe)
+    chosen_formats = list(dict.fromkeys(formats or profile.formats))
+    converters = {fmt: get_converter(fmt) for fmt in chosen_formats}
+    chosen_precisions = _resolve_precisions(profile, parsed, precisions)
+    for conv in converters.values():
+        for p in chosen_precisions:
+            conv.check_precision(p)
+    out_dir = Path(out) if out is not None else Path("out") / profile.name
+    from edgekit.bundle import check_target
+
+    check_target(out_dir, force)
+
+    say("loading teacher")
+    teacher = load_teacher(model, allow_pickle=allow_pickle)
+    sample_texts = load_texts(texts, limit=max_texts)
+    seq_len = profile.seq_len
+    inputs = teacher.tokenize(sample_texts, seq_len)
+    threads = _host_threads(profile)
+    say(f"running the PyTorch teacher on {len(sample_texts)} texts")
+    reference = _torch_reference(teacher, inputs, threads, latency_repeats)
+
+    student = teacher.module
+    ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len)
+    for step in parsed.passes:
+        say(f"pass {step.name}")
+        student = get_pass(step.name, step.options).apply(student, ctx)
+    counts = teacher.parameter_counts()
+
+    artifact_reports: list[ArtifactReport] = []
+    notes: list[str] = []
+    example = {k: v[:1] for k, v in inputs.items()}
+    calibration = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(min(64, len(sample_texts)))]
+    with staged_bundle(out_dir, force) as staging:
+        for fmt, conv in converters.items():
+            for precision in chosen_precisions:
+                say(f"exporting {fmt} {precision}")
+                spec = ExportSpec(
+                    precision=precision,
+                    seq_len=seq_len,
+                    input_names=teacher.input_names,
+                    output_names=[teacher.output_name],
+                    example_inputs=example,
+                    deployment_target=profile.deployment_target,
+                    stem=f"model-{precision}",
+                    calibration_inputs=calibration,
+                )
+                started = time.perf_counter()
+                artifact = conv.lower(student, spec, staging)
+                artifact.notes.append(f"converted in {time.perf_counter() - started:.1f} s")
+                say(f"verifying {artifact.name}")
+                fid, lat = _verify(artifact, conv, teacher, inputs, reference["outputs"], threads, seq_len, latency_repeats)
+                size = artifact.size_bytes()
+                emb = artifact.embedding_bytes
+                artifact_reports.append(
+                    ArtifactReport(
+                        name=artifact.name,
+                        format=fmt,
+                        precision=precision,
+                        path=artifact.name,
+                        size=SizeReport(
+                            bytes=size,
+                            mb=size / 1e6,
+                            embedding_bytes=emb,
+                            without_embeddings_mb=None if emb is None else (size - emb) / 1e6,
+                        ),
+                        parameters=counts,
+                        fidelity=fid,
+                        latency=lat,
+                        inputs=[t.to_json() for t in artifact.inputs],
+                        outputs=[t.to_json() for t in artifact.outputs],
+                        ops=artifact.ops,
+                        notes=artifact.notes,
+                    )
+                )
+        if "coreml" in converters and any(a.latency.median_ms is None for a in artifact_reports if a.format == "coreml"):
+            notes.append(
+                "Core ML: prediction needs macOS; on this host the saved ML program was interpreted op by op in "
+                "numpy (MIL reference on host, not device kernels) to measure fidelity; latency not run."
+            )
+        say("writing bundle")
+        tok_dir = staging / "tokenizer"
+        teacher.tokenizer.save_pretrained(tok_dir)
+        report = Report(
+            edgekit_version=edgekit.__version__,
+            created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            device={
+                "name": profile.name,
+                "display_name": profile.display_name,
+                "os": profile.os,
+                "deployment_target": profile.deployment_target,
+                "threads": profile.threads,
+                "seq_len": seq_len,
+            },
+            teacher={
+                "name": teacher.name,
+                "task": teacher.task,
+                "model_type": teacher.model_type,
+                "source_hash": teacher.source_hash,
+                "parameters": counts,
+                "output": teacher.output_name,
+                "pooling": vars(teacher.pooling) if teacher.pooling else None,
+                "labels": teacher.labels,
+            },
+            recipe=parsed.to_json() | {"formats": chosen_formats, "precisions": chosen_precisions},
+            host=host_description() | {"threads_used": threads},
+            texts={
+                "source": str(texts or SAMPLE_TEXTS_DIR.relative_to(SAMPLE_TEXTS_DIR.parents[1])),
+                "count": len(sample_texts),
+                "seq_len": seq_len,
+                "truncated": int((inputs["attention_mask"].sum(axis=1) >= seq_len).sum()),
+            },
+            versions=runtime_versions(),
+            reference={k: v for k, v in reference.items() if k != "outputs"},
+            artifacts=artifact_reports,
+            budgets=[],
+            notes=notes,
+        )
+        report.budgets = _budget_checks(profile, teacher.task, artifact_reports)
+        write_json(staging / "report.json", report.model_dump(mode="json"))
+        write_html(report, staging / "report.html")
+        manifest = {
+            "edgekit_version": edgekit.__version__,
+            "created_utc": report.created_utc,
+            "device": profile.model_dump(mode="json"),
+            "source_model": {
+                "name": teacher.name,
+                "path": str(teacher.source_dir),
+                "weights_sha256": teacher.source_hash,
+                "task": teacher.task,
+                "model_type": teacher.model_type,
+            },
+            "recipe": report.recipe,
+            "tokenizer": {
+                "dir": "tokenizer",
+                "max_length": seq_len,
+                "padding": "max_length",
+                "truncation": True,
+                "special_tokens": teacher.tokenizer.special_tokens_map,
+            },
+            "versions": report.versions,
+            "artifacts": [
+                {"path": a.path, "format": a.format, "precision": a.precision, "inputs": a.inputs, "outputs": a.outputs}
+                for a in artifact_reports
+            ],
+            "files": file_inventory(staging),
+        }
+        write_json(staging / "manifest.json", manifest)
+    result = ExportResult(out_dir=out_dir, report=report)
+    if not report.budgets_passed and not allow_over_budget:
+        missed = [f"{b.artifact} {b.budget} {b.value:.4g} (limit {b.limit})" for b in report.budgets if b.passed is False]
+        raise BudgetError(
+            f"budget missed for {profile.name}: {'; '.join(missed)} — bundle written to {out_dir}; pass --allow-over-budget to accept"
+        )
+    return result

@@ -1,0 +1,189 @@
+"""The `edgekit` command: a thin typer shell over `edgekit.api`.
+
+Exit codes: 0 success, 2 bad input (`UserError`, one line on stderr), 3 budget missed,
+1 a bug (traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekit.errors import EdgekitError
+
+app = typer.Typer(
+    help="Compress a transformer text model and export it to ONNX, TFLite and Core ML for a named device, "
+    "then verify fidelity and latency against the teacher.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Outside a terminal rich would wrap tables at 80 columns; reports read better wider.
+_WIDTH = max(shutil.get_terminal_size((140, 24)).columns, 120)
+err = Console(stderr=True, width=_WIDTH)
+out = Console(width=_WIDTH)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Accept both repeated options and comma lists: --formats onnx --formats tflite == --formats onnx,tflite."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def export(
+    device: Annotated[
+        str, typer.Option("--device", "-d", help="Built-in device name (see 'edgekit devices') or a profile YAML path.")
+    ] = "pixel4",
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Local Hugging Face model directory. Default: the embedded all-MiniLM-L6-v2 teacher."),
+    ] = None,
+    formats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--formats", "-f", help="Formats to export (onnx, tflite, coreml), comma-separated or repeated. Default: the profile's."
+        ),
+    ] = None,
+    precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--precision",
+            "-p",
+            help="Precisions (fp32, fp16, int8), comma-separated or repeated. Default: the recipe's, else the profile's.",
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", "-r", help="Compression recipe shorthand, e.g. 'int8' or 'pass:key=value+int8'. Default: the profile's."),
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="The bundle directory itself. Default: out/<device>.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    texts: Annotated[
+        Path | None, typer.Option("--texts", help="Verification texts: a .txt file (one per line) or a directory. Default: samples/texts.")
+    ] = None,
+    max_texts: Annotated[
+        int | None, typer.Option("--max-texts", min=2, help="Use only the first N verification texts (faster, less precise).")
+    ] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per artifact for host latency (after 5 warm-up runs).")] = 30,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Load pickle-only (pytorch_model.bin) checkpoints. Only for sources you trust.")
+    ] = False,
+    allow_over_budget: Annotated[
+        bool, typer.Option("--allow-over-budget", help="Exit 0 even when a device budget (size, fidelity) is missed.")
+    ] = False,
+) -> None:
+    """Export the model for a device: every format x precision, verified against the teacher, as a bundle with a report."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgekit import api
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        last: list[str] = []
+
+        def step(message: str) -> None:
+            if last:
+                err.print(f"[green]✓[/green] {last[-1]}")
+            last.append(message)
+            bar.update(task, description=message)
+
+        result = api.export(
+            device=device,
+            model=model,
+            formats=_split(formats),
+            precisions=_split(precision),
+            recipe=recipe,
+            out=out_dir,
+            force=force,
+            allow_pickle=allow_pickle,
+            texts=texts,
+            max_texts=max_texts,
+            latency_repeats=repeats,
+            allow_over_budget=allow_over_budget,
+            progress=step,
+        )
+        if last:
+            err.print(f"[green]✓[/green] {last[-1]}")
+    _print_summary(result.report)
+    out.print(f"bundle: {result.out_dir}   report: {result.report_html}")
+
+
+def _print_summary(report) -> None:
+    table = Table(title=f"{report.device['display_name']} — {report.teacher['name']}", show_lines=False)
+    for col in ("artifact", "size MB", "w/o emb. MB", "fidelity", "host median ms", "how measured"):
+        table.add_column(col, justify="left" if col in ("artifact", "how measured") else "right")
+    for a in report.artifacts:
+        m = a.fidelity.metrics
+        fid = (f"cos {m['cosine_mean']:.5f}" if "nn_agreement" in m else f"top1 {m['top1_agreement']:.4f}") if m else "not run"
+        lat = f"{a.latency.median_ms:.2f} ({a.latency.threads} thr)" if a.latency.median_ms is not None else "not run"
+        emb = f"{a.size.without_embeddings_mb:.1f}" if a.size.without_embeddings_mb is not None else "n/a"
+        how = a.fidelity.provenance if a.latency.median_ms is not None else f"{a.fidelity.provenance}; latency: {a.latency.reason}"
+        table.add_row(a.path, f"{a.size.mb:.1f}", emb, fid, lat, how)
+    out.print(table)
+    missed = [b for b in report.budgets if b.passed is False]
+    if missed:
+        for b in missed:
+            err.print(f"[red]budget missed[/red]: {b.artifact} {b.budget} = {b.value:.4g} (limit {b.limit})")
+
+
+@app.command()
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full profiles as JSON instead of a table.")] = False,
+) -> None:
+    """List the built-in device profiles."""
+    from edgekit import api
+
+    profiles = api.devices()
+    if as_json:
+        print(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
+        return
+    table = Table(title="edgekit device profiles")
+    for col in ("name", "device", "OS", "SoC", "CPU", "RAM GB", "formats", "precisions", "seq", "threads"):
+        table.add_column(col)
+    for p in profiles:
+        cpu = " + ".join(f"{c.cores}x{c.ghz:g}GHz" for c in p.cpu_clusters)
+        table.add_row(
+            p.name,
+            p.display_name,
+            f"{p.os} {p.os_min_version}",
+            p.soc,
+            cpu,
+            f"{p.ram_gb:g}",
+            ",".join(p.formats),
+            ",".join(p.precisions),
+            str(p.seq_len),
+            str(p.threads),
+        )
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point: map edgekit errors to one-line messages and exit codes."""
+    try:
+        app(standalone_mode=False)
+    except EdgekitError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The Pass extension point, modelled on Olive's `Pass` registry with typed configs."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from edgekit.errors import UserError
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PassContext:
+    """What a pass may need besides the model: the teacher, texts to learn or calibrate on, the profile."""
+
+    teacher: Any
+    texts: list[str]
+    profile: Any
+    seq_len: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Pass(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[PassConfig]] = PassConfig
+
+    def __init__(self, config: PassConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        """Return the transformed model (torch in, torch out, same forward contract)."""
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+_discovered = False
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"pass {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    import edgekit.passes as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name != "base":
+            importlib.import_module(f"edgekit.passes.{info.name}")
+    _discovered = True
+
+
+def available_passes() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_pass(name: str, options: dict[str, Any]) -> Pass:
+    _discover()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none are installed yet"
+        raise UserError(f"unknown pass '{name}' in the recipe; available passes: {known}")
+    cls = _REGISTRY[name]
+    try:
+        config = cls.Config.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"pass '{name}': option '{'.'.join(map(str, first['loc']))}' {first['msg']}; fix the recipe") from exc
+    return cls(config)

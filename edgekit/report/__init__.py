@@ -1,0 +1,1 @@
+"""report.json schema (`schema`) and its self-contained HTML rendering (`html`)."""

@@ -1,0 +1,157 @@
+"""The `edgekit` command as a user runs it (subprocess): a tiny end-to-end export and every error case."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgekit.bundle import sha256_file
+from tests.conftest import run_cli
+
+FAST = ["--max-texts", "16", "--repeats", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_model_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "bundle"
+    proc = run_cli(
+        "export",
+        "--device",
+        "pixel4",
+        "--model",
+        str(tiny_model_dirs["bert-embedding"]),
+        "--formats",
+        "onnx,tflite",
+        "--precision",
+        "fp32,int8",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_bundle_has_artifacts_tokenizer_manifest_and_report(tiny_bundle):
+    out, proc = tiny_bundle
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "model-fp32.onnx",
+        "model-int8.onnx",
+        "model-fp32.tflite",
+        "model-int8.tflite",
+        "manifest.json",
+        "report.json",
+        "report.html",
+        "tokenizer",
+    } <= names
+    assert (out / "tokenizer" / "vocab.txt").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert f"report: {out / 'report.html'}" in proc.stdout
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging directory left behind"
+
+
+def test_manifest_hashes_every_file_and_names_io(tiny_bundle):
+    out, _ = tiny_bundle
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {f["path"]: f for f in manifest["files"]}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(files) == on_disk
+    for rel, row in files.items():
+        assert row["sha256"] == sha256_file(out / rel) and row["bytes"] == (out / rel).stat().st_size
+    assert manifest["source_model"]["weights_sha256"] and manifest["tokenizer"]["max_length"] == 128
+    assert manifest["device"]["name"] == "pixel4" and "onnxruntime" in manifest["versions"]
+    for art in manifest["artifacts"]:
+        assert [i["name"] for i in art["inputs"]] == ["input_ids", "attention_mask"]
+        assert [o["name"] for o in art["outputs"]] == ["embedding"]
+
+
+def test_report_numbers_are_measured_in_the_real_runtimes(tiny_bundle):
+    out, _ = tiny_bundle
+    report = json.loads((out / "report.json").read_text())
+    arts = {a["path"]: a for a in report["artifacts"]}
+    assert set(arts) == {"model-fp32.onnx", "model-int8.onnx", "model-fp32.tflite", "model-int8.tflite"}
+    for name, art in arts.items():
+        assert art["size"]["bytes"] == (out / name).stat().st_size
+        assert art["size"]["without_embeddings_mb"] < art["size"]["mb"]
+        assert art["fidelity"]["provenance"] == "measured-host" and art["fidelity"]["n_texts"] == 16
+        assert art["latency"]["provenance"] == "measured-host" and art["latency"]["median_ms"] > 0
+        assert art["latency"]["threads"] >= 1 and art["latency"]["repeats"] == 3
+        floor = 0.9999 if art["precision"] == "fp32" else 0.98
+        assert art["fidelity"]["metrics"]["cosine_mean"] >= floor, (name, art["fidelity"]["metrics"])
+    assert arts["model-fp32.onnx"]["fidelity"]["runtime"] == "onnxruntime"
+    assert arts["model-fp32.tflite"]["fidelity"]["runtime"] == "litert"
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "model-int8.tflite" in html and "measured-host" in html
+
+
+def test_refuses_to_overwrite_without_force(tiny_bundle, tiny_model_dirs):
+    out, _ = tiny_bundle
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = run_cli("export", "--model", str(tiny_model_dirs["bert-embedding"]), "--out", str(out), *FAST)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def _assert_user_error(proc, fragment: str, out: Path) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def test_unknown_device(tmp_path):
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--device", "nokia3310", "--out", str(out)), "unknown device", out)
+
+
+def test_missing_model_dir(tmp_path):
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--model", str(tmp_path / "nope"), "--out", str(out)), "does not exist", out)
+
+
+def test_corrupt_model_dir(tmp_path, tiny_model_dirs):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dirs["bert-embedding"], bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--model", str(bad), "--out", str(out)), "corrupt", out)
+
+
+def test_unsupported_architecture(tmp_path):
+    bad = tmp_path / "gpt"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--model", str(bad), "--out", str(out)), "unsupported architecture", out)
+
+
+def test_pickle_only_weights(tmp_path):
+    from edgekit.tiny_models import build_tiny_model_dir
+
+    d = build_tiny_model_dir(tmp_path / "pkl", pickle_only=True)
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--model", str(d), "--out", str(out)), "--allow-pickle", out)
+
+
+def test_unknown_format_and_precision(tmp_path):
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--formats", "caffe", "--out", str(out)), "unknown format 'caffe'", out)
+    _assert_user_error(run_cli("export", "--precision", "int3", "--out", str(out)), "unknown precision 'int3'", out)
+
+
+def test_devices_table_and_json():
+    proc = run_cli("devices")
+    assert proc.returncode == 0 and "pixel4" in proc.stdout and "iphone13" in proc.stdout
+    data = json.loads(run_cli("devices", "--json").stdout)
+    assert {"pixel4", "iphone13", "raspberry-pi-4"} <= {d["name"] for d in data}
+    assert all(d["sources"] for d in data)
+
+
+def test_help_explains_every_option():
+    proc = run_cli("export", "--help")
+    assert proc.returncode == 0
+    for option in ("--device", "--model", "--formats", "--precision", "--out", "--force", "--recipe"):
+        assert option in proc.stdout

@@ -1,0 +1,29 @@
+import pytest
+
+from edgekit.errors import UserError
+from edgekit.passes import get_pass
+from edgekit.recipe import parse_recipe
+
+
+def test_empty_recipe_exports_as_is():
+    r = parse_recipe("")
+    assert r.passes == [] and r.precisions == []
+
+
+def test_shorthand_splits_passes_options_and_precision():
+    r = parse_recipe("early-exit:layers=2,4,criterion=entropy+token-skip:keep=0.5+int8")
+    assert r.precisions == ["int8"]
+    assert [p.name for p in r.passes] == ["early-exit", "token-skip"]
+    assert r.passes[0].options == {"layers": [2, 4], "criterion": "entropy"}
+    assert r.passes[1].options == {"keep": 0.5}
+
+
+@pytest.mark.parametrize("text", ["int8++fp16", "prune:0.5"])
+def test_malformed_recipe_is_user_error(text):
+    with pytest.raises(UserError):
+        parse_recipe(text)
+
+
+def test_unknown_pass_names_the_fix():
+    with pytest.raises(UserError, match="unknown pass 'nope'"):
+        get_pass("nope", {})
