@@ -23,37 +23,45 @@ def _fidelity_value(art) -> float | None:
 
 
 def tradeoff_plot_png(report: Report) -> bytes:
-    """Size (x) vs fidelity (y); marker area grows with host latency; labelled per artifact."""
+    """Left: size on disk vs fidelity, one marker per artifact. Right: host median latency per artifact."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    latencies = [a.latency.median_ms for a in report.artifacts if a.latency.median_ms]
-    max_lat = max(latencies) if latencies else 1.0
-    for art in report.artifacts:
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    offsets = [(8, 6), (8, -12), (-70, 6), (-70, -12)]
+    for i, art in enumerate(report.artifacts):
         y = _fidelity_value(art)
         if y is None:
             continue
-        lat = art.latency.median_ms
-        area = 60 + 400 * (lat / max_lat) if lat else 60
-        ax.scatter(
-            art.size.mb,
-            y,
-            s=area,
-            marker=_FORMAT_MARKERS.get(art.format, "o"),
-            alpha=0.7,
-            edgecolors="black",
-            facecolors="none" if lat is None else None,
-        )
-        label = f"{art.format} {art.precision}" + (f"\n{lat:.1f} ms" if lat else "\n(latency not run)")
-        ax.annotate(label, (art.size.mb, y), textcoords="offset points", xytext=(8, -4), fontsize=8)
+        ax.scatter(art.size.mb, y, s=70, marker=_FORMAT_MARKERS.get(art.format, "o"), alpha=0.8, edgecolors="black")
+        ax.annotate(f"{art.format} {art.precision}", (art.size.mb, y), textcoords="offset points",
+                    xytext=offsets[i % len(offsets)], fontsize=8)
     metric = "mean cosine vs teacher" if report.teacher.get("task") == "embedding" else "top-1 agreement vs teacher"
     ax.set_xlabel("artifact size on disk (MB)")
     ax.set_ylabel(metric)
-    ax.set_title("Size vs fidelity (marker area ~ host median latency)", fontsize=10)
+    ax.set_title("Size vs fidelity (measured by running each artifact)", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.12)
+    labels, values, colors = [], [], []
+    ref = report.reference.get("latency", {}).get("median_ms")
+    if ref:
+        labels.append("pytorch fp32 (teacher)")
+        values.append(ref)
+        colors.append("#999999")
+    for art in report.artifacts:
+        labels.append(f"{art.format} {art.precision}")
+        values.append(art.latency.median_ms or 0.0)
+        colors.append("#4c72b0" if art.latency.median_ms else "#dddddd")
+    bx.barh(labels, values, color=colors)
+    for idx, value in enumerate(values):
+        bx.text(value, idx, f" {value:.1f} ms" if value else " not run", va="center", fontsize=8)
+    bx.invert_yaxis()
+    threads = report.host.get("threads_used")
+    bx.set_xlabel(f"host median latency, ms (batch 1, {threads} threads)")
+    bx.set_title("Latency measured on this host (not the device)", fontsize=10)
+    bx.margins(x=0.25)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
