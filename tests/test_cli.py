@@ -155,3 +155,26 @@ def test_help_explains_every_option():
     assert proc.returncode == 0
     for option in ("--device", "--model", "--formats", "--precision", "--out", "--force", "--recipe"):
         assert option in proc.stdout
+
+
+def test_classifier_exports_logits_with_top1_and_kl(tiny_model_dirs, tmp_path):
+    out = tmp_path / "cls"
+    proc = run_cli(
+        "export",
+        "--model",
+        str(tiny_model_dirs["bert-classification"]),
+        "--formats",
+        "onnx",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    art = report["artifacts"][0]
+    assert [o["name"] for o in art["outputs"]] == ["logits"]
+    assert [i["name"] for i in art["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert art["fidelity"]["metrics"]["top1_agreement"] == 1.0 and art["fidelity"]["metrics"]["kl_mean"] < 1e-8
+    assert report["teacher"]["labels"] == {"0": "label_0", "1": "label_1", "2": "label_2"}
