@@ -241,6 +241,9 @@ class ONNXConverter(Converter):
 
         staged = workdir / f".{target.stem}.fp32.onnx"
         onnx.save_model(model_proto, str(staged))
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger at every call
         try:
             quantize_dynamic(
                 str(staged),
@@ -251,6 +254,7 @@ class ONNXConverter(Converter):
                 nodes_to_exclude=exclude,
             )
         finally:
+            root.setLevel(level)
             staged.unlink(missing_ok=True)
 
     def runtime(self, artifact: Artifact, threads: int) -> ORTRuntime:

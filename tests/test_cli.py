@@ -178,3 +178,58 @@ def test_classifier_exports_logits_with_top1_and_kl(tiny_model_dirs, tmp_path):
     assert [i["name"] for i in art["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert art["fidelity"]["metrics"]["top1_agreement"] == 1.0 and art["fidelity"]["metrics"]["kl_mean"] < 1e-8
     assert report["teacher"]["labels"] == {"0": "label_0", "1": "label_1", "2": "label_2"}
+
+
+def test_missed_budget_exits_3_with_the_bundle_written_unless_allowed(tiny_model_dirs, tmp_path):
+    import yaml
+
+    from edgekit.profiles import load_profile
+
+    profile = load_profile("pixel4").model_dump(mode="json")
+    profile["name"] = "tiny-budget"
+    profile["budgets"] = {"size_mb": 0.5, "min_cosine": 0.99}
+    path = tmp_path / "tiny-budget.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    args = [
+        "export",
+        "--device",
+        str(path),
+        "--model",
+        str(tiny_model_dirs["bert-embedding"]),
+        "--formats",
+        "onnx",
+        "--precision",
+        "fp32",
+        *FAST,
+    ]
+    out = tmp_path / "over"
+    proc = run_cli(*args, "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert "budget missed" in proc.stderr and "size_mb" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    missed = [b for b in report["budgets"] if b["passed"] is False]
+    assert [b["budget"] for b in missed] == ["size_mb"] and missed[0]["value"] > 0.5
+    allowed = run_cli(*args, "--out", str(tmp_path / "allowed"), "--allow-over-budget")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda p: p.pop("soc"), "'soc'"),
+        (lambda p: p.update(ram_gb=-4), "'ram_gb'"),
+        (lambda p: p["accelerators"].append({"kind": "fpga", "name": "x"}), "'accelerators.2.kind'"),
+        (lambda p: p.update(formats=["onnx", "caffe"]), "'formats.1'"),
+    ],
+)
+def test_bad_profile_file_is_one_line_exit_2(tmp_path, edit, fragment):
+    import yaml
+
+    from edgekit.profiles import load_profile
+
+    profile = load_profile("pixel4").model_dump(mode="json")
+    edit(profile)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--device", str(path), "--out", str(out)), fragment, out)
