@@ -20,15 +20,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from converters.base import Artifact, TensorSpec, get_converter
+from converters.base import get_converter
 from edgekit import api
+from edgekit.bundle import load_bundle
 from edgekit.model import load_teacher
 from edgekit.verify.latency import host_description, time_runs
-
-
-def _artifact_from_report(bundle: Path, row: dict) -> Artifact:
-    specs = lambda items: [TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items]  # noqa: E731
-    return Artifact(row["format"], row["precision"], bundle / row["path"], specs(row["inputs"]), specs(row["outputs"]))
 
 
 def main() -> None:
@@ -51,6 +47,7 @@ def main() -> None:
             allow_over_budget=True,
         )
         report = result.report.model_dump(mode="json")
+        artifacts = {a.path.name: a for a in load_bundle(bundle)[1]}
         teacher = load_teacher()
         one = teacher.tokenize(["The quick brown fox jumps over the lazy dog near the riverbank."], 128)
         rows = []
@@ -82,7 +79,7 @@ def main() -> None:
                 "fidelity_how": f"{art['fidelity']['provenance']} ({art['fidelity']['runtime']}, {art['fidelity']['n_texts']} texts)",
                 "latency_ms": {},
             }
-            artifact = _artifact_from_report(bundle, art)
+            artifact = artifacts[art["path"]]
             for t in threads_list:
                 runtime = conv.runtime(artifact, t)
                 if not runtime.measures_latency:

@@ -95,3 +95,30 @@ def runtime_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def load_bundle(bundle_dir: str | Path) -> tuple[dict[str, Any], list]:
+    """Read a bundle written by `edgekit export`: its report.json and its artifacts as `Artifact`s."""
+    from converters.base import Artifact, TensorSpec
+
+    root = Path(bundle_dir)
+    report_file = root / "report.json"
+    if not root.is_dir() or not report_file.is_file():
+        raise UserError(f"{root} is not an edgekit bundle (no report.json); pass a directory written by 'edgekit export'")
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{report_file} is not valid JSON; re-run 'edgekit export' to rewrite the bundle") from exc
+
+    def specs(items: list[dict[str, Any]]) -> list[TensorSpec]:
+        return [TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items]
+
+    artifacts = []
+    for row in report.get("artifacts", []):
+        path = root / row["path"]
+        if not path.exists():
+            raise UserError(f"bundle {root} lists {row['path']} but the file is missing; re-run 'edgekit export'")
+        artifacts.append(
+            Artifact(row["format"], row["precision"], path, specs(row["inputs"]), specs(row["outputs"]), ops=row.get("ops", {}))
+        )
+    return report, artifacts
