@@ -20,6 +20,7 @@ import edgekit
 from converters.base import MEASURED_HOST, NOT_RUN, Artifact, ExportSpec, RuntimeUnavailable, get_converter
 from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, write_json
 from edgekit.errors import BudgetError, UserError
+from edgekit.integration import INTEGRATION_FILE, write_app_assets
 from edgekit.model import Teacher, load_teacher
 from edgekit.passes import PassContext, get_pass
 from edgekit.profiles import DeviceProfile, all_profiles, load_profile
@@ -51,6 +52,10 @@ class ExportResult:
     @property
     def report_html(self) -> Path:
         return self.out_dir / "report.html"
+
+    @property
+    def integration_md(self) -> Path:
+        return self.out_dir / INTEGRATION_FILE
 
 
 def devices() -> list[DeviceProfile]:
@@ -284,6 +289,12 @@ def export(
         say("writing bundle")
         tok_dir = staging / "tokenizer"
         teacher.tokenizer.save_pretrained(tok_dir)
+        manifest_artifacts = [
+            {"path": a.path, "format": a.format, "precision": a.precision, "inputs": a.inputs, "outputs": a.outputs}
+            for a in artifact_reports
+        ]
+        say("writing app-integration assets (tokenizer test vectors, INTEGRATION.md)")
+        write_app_assets(staging, teacher, seq_len, manifest_artifacts, profile=profile)
         report = Report(
             edgekit_version=edgekit.__version__,
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -342,10 +353,7 @@ def export(
                 "special_tokens": teacher.tokenizer.special_tokens_map,
             },
             "versions": report.versions,
-            "artifacts": [
-                {"path": a.path, "format": a.format, "precision": a.precision, "inputs": a.inputs, "outputs": a.outputs}
-                for a in artifact_reports
-            ],
+            "artifacts": manifest_artifacts,
             "files": file_inventory(staging),
         }
         write_json(staging / "manifest.json", manifest)

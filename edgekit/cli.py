@@ -115,6 +115,7 @@ def export(
             err.print(f"[green]✓[/green] {last[-1]}")
     _print_summary(result.report)
     out.print(f"bundle: {result.out_dir}   report: {result.report_html}")
+    out.print(f"app integration: {result.integration_md} (tokenizer test vectors: {result.out_dir / 'tokenizer_test_vectors.json'})")
 
 
 def _print_summary(report) -> None:
