@@ -136,6 +136,50 @@ def _print_summary(report) -> None:
             err.print(f"[red]budget missed[/red]: {b.artifact} {b.budget} = {b.value:.4g} (limit {b.limit})")
 
 
+@app.command("profile")
+def profile_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory written by 'edgekit export'.")],
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Device name or profile YAML. Default: the bundle's device.")] = None,
+    runner: Annotated[
+        str,
+        typer.Option("--runner", help="host (measured here), estimate (predicted for the device) or adb (measured on an Android device)."),
+    ] = "host",
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Threads. Default: the profile's (capped at host cores for host).")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per artifact (host runner).")] = 30,
+    adb: Annotated[str | None, typer.Option("--adb", help="Path to adb (default: found on PATH).")] = None,
+    serial: Annotated[str | None, typer.Option("--serial", help="adb device serial when several are connected.")] = None,
+    benchmark_model: Annotated[
+        str | None, typer.Option("--benchmark-model", help="Path to LiteRT's benchmark_model for the device ABI.")
+    ] = None,
+    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Exit 0 even when the latency budget is missed.")] = False,
+) -> None:
+    """Latency of every artifact in a bundle: measured on this host, estimated for the device, or measured on it over adb."""
+    from edgekit.profiling import profile
+
+    adb_options = {k: v for k, v in {"adb": adb, "serial": serial, "benchmark_model": benchmark_model}.items() if v}
+    with err.status("profiling"):
+        result = profile(bundle, device, runner, threads=threads, runs=runs, adb_options=adb_options, allow_over_budget=allow_over_budget)
+    table = Table(title=f"{result.device} — runner {result.runner}")
+    for col in ("artifact", "size MB", "fidelity", "latency ms", "threads", "how obtained", "note"):
+        table.add_column(col)
+    for r in result.rows:
+        lat = f"{r.latency_ms:.2f}" if r.latency_ms is not None else "not run"
+        fid = f"{r.fidelity:.5f}" if r.fidelity is not None else "-"
+        table.add_row(r.artifact, f"{r.size_mb:.1f}", fid, lat, str(r.threads or "-"), r.provenance, r.reason or "")
+    out.print(table)
+    out.print(f"method: {result.method}")
+    for r in result.rows:
+        top = r.details.get("op_profile", {}).get("by_type", [])[:5]
+        if top:
+            out.print(f"{r.artifact} top ops: " + ", ".join(f"{o['op_type']} {o['ms']:.2f} ms ({100 * o['share']:.0f}%)" for o in top))
+        validation = r.details.get("estimate", {}).get("calibration", {}).get("validation")
+        if validation:
+            out.print(f"{r.artifact} estimator validation on this host: {validation}")
+    out.print(f"profile: {result.json_path}  {result.html_path}")
+
+
 @app.command()
 def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full profiles as JSON instead of a table.")] = False,
