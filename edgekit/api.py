@@ -7,6 +7,7 @@ atomically into `out/<device>/`.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from converters.base import MEASURED_HOST, NOT_RUN, Artifact, ExportSpec, Runtim
 from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, write_json
 from edgekit.errors import BudgetError, UserError
 from edgekit.integration import INTEGRATION_FILE, write_app_assets
-from edgekit.model import Teacher, load_teacher
+from edgekit.model import Teacher, load_teacher, parameter_counts
 from edgekit.passes import PassContext, get_pass
 from edgekit.profiles import DeviceProfile, all_profiles, load_profile
 from edgekit.recipe import PRECISIONS, Recipe, parse_recipe
@@ -211,6 +212,7 @@ def export(
     chosen_formats = list(dict.fromkeys(formats or profile.formats))
     converters = {fmt: get_converter(fmt) for fmt in chosen_formats}
     chosen_precisions = _resolve_precisions(profile, parsed, precisions)
+    passes = [get_pass(step.name, step.options) for step in parsed.passes]  # bad configs fail before any work
     for conv in converters.values():
         for p in chosen_precisions:
             conv.check_precision(p)
@@ -228,12 +230,13 @@ def export(
     say(f"running the PyTorch teacher on {len(sample_texts)} texts")
     reference = _torch_reference(teacher, inputs, threads, latency_repeats)
 
-    student = teacher.module
+    # Passes work on a copy: the teacher stays the untouched reference every artifact is compared with.
+    student = copy.deepcopy(teacher.module) if parsed.passes else teacher.module
     ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len)
-    for step in parsed.passes:
+    for step, pass_ in zip(parsed.passes, passes, strict=True):
         say(f"pass {step.name}")
-        student = get_pass(step.name, step.options).apply(student, ctx)
-    counts = teacher.parameter_counts()
+        student = pass_.apply(student, ctx)
+    counts = parameter_counts(student)
 
     artifact_reports: list[ArtifactReport] = []
     notes: list[str] = []
@@ -329,6 +332,7 @@ def export(
             artifacts=artifact_reports,
             budgets=[],
             notes=notes,
+            passes=ctx.records,
         )
         report.budgets = _budget_checks(profile, teacher.task, artifact_reports)
         write_json(staging / "report.json", report.model_dump(mode="json"))
@@ -345,6 +349,7 @@ def export(
                 "model_type": teacher.model_type,
             },
             "recipe": report.recipe,
+            "passes": ctx.records,
             "tokenizer": {
                 "dir": "tokenizer",
                 "max_length": seq_len,

@@ -117,13 +117,22 @@ class Teacher:
         return self.module(**tensors).float().numpy()
 
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters and those in embedding tables (word, position, token type)."""
-        total = sum(p.numel() for p in self.module.parameters())
-        embed = sum(m.weight.numel() for m in self.module.modules() if isinstance(m, nn.Embedding))
-        return {"total": total, "embedding": embed, "non_embedding": total - embed}
+        return parameter_counts(self.module)
 
     def tokenizer_max_length(self) -> int:
         return int(getattr(self.tokenizer, "model_max_length", 512) or 512)
+
+
+def parameter_counts(module: nn.Module) -> dict[str, int]:
+    """Total parameters and those in embedding tables (word, position, token type); shared tensors count once."""
+    seen: set[int] = set()
+    total = 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    embed = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Embedding))
+    return {"total": total, "embedding": embed, "non_embedding": total - embed}
 
 
 def default_teacher_dir() -> Path:

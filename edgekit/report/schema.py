@@ -87,6 +87,7 @@ class Report(BaseModel):
     artifacts: list[ArtifactReport]
     budgets: list[BudgetCheck]
     notes: list[str] = Field(default_factory=list)
+    passes: list[dict[str, Any]] = Field(default_factory=list, description="what each recipe pass did, as it recorded it")
 
     @property
     def budgets_passed(self) -> bool:
