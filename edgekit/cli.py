@@ -174,9 +174,13 @@ def profile_cmd(
         top = r.details.get("op_profile", {}).get("by_type", [])[:5]
         if top:
             out.print(f"{r.artifact} top ops: " + ", ".join(f"{o['op_type']} {o['ms']:.2f} ms ({100 * o['share']:.0f}%)" for o in top))
-        validation = r.details.get("estimate", {}).get("calibration", {}).get("validation")
-        if validation:
-            out.print(f"{r.artifact} estimator validation on this host: {validation}")
+    if result.runner == "estimate":
+        from edgekit.verify.estimate import VALIDATION as v
+
+        out.print(
+            f"validation error (host treated as the device, {v['points']} points, `{v['command']}`, {v['date']}): "
+            f"median {v['median_abs_error_pct']}%, max {v['max_abs_error_pct']}%; {v['scope']}"
+        )
     out.print(f"profile: {result.json_path}  {result.html_path}")
 
 

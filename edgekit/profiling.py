@@ -76,7 +76,7 @@ def _host_row(row: ProfileRow, artifact, threads: int, runs: int, seq_len: int) 
 
 
 def _estimate_row(row: ProfileRow, artifact, profile, threads: int | None, seq_len: int) -> str:
-    from edgekit.verify.estimate import estimate_artifact
+    from edgekit.verify.estimate import VALIDATION, estimate_artifact
 
     if artifact.format not in ("onnx", "tflite"):
         row.reason = f"the estimator models ONNX and TFLite op graphs, not {artifact.format}"
@@ -85,6 +85,7 @@ def _estimate_row(row: ProfileRow, artifact, profile, threads: int | None, seq_l
     row.latency_ms, row.provenance, row.threads = est.total_ms, est.provenance, est.threads
     row.details["estimate"] = est.to_json()
     row.details["estimate"].pop("per_op", None)  # top_ops and by_op_type are enough for a report
+    row.details["estimate"]["validation"] = VALIDATION
     return est.method
 
 
@@ -101,6 +102,12 @@ def _adb_row(row: ProfileRow, artifact, profile, threads: int | None, adb_option
         row.reason = "; ".join(r.error or "" for r in bench.results) or "benchmark_model gave no timing"
         return
     row.latency_ms, row.provenance, row.threads = best.latency_ms, best.provenance, best.threads
+
+
+def _validation() -> dict[str, Any]:
+    from edgekit.verify.estimate import VALIDATION
+
+    return VALIDATION
 
 
 def profile(
@@ -163,6 +170,7 @@ def profile(
         "bundle": str(bundle), "device": prof.name, "display_name": prof.display_name, "runner": runner,
         "method": method, "host": host_description(), "seq_len": seq_len, "task": report["teacher"]["task"],
         "rows": [vars(r) for r in rows], "budgets": budgets,
+        "validation": _validation() if runner == "estimate" else None,
     }
     json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
     write_json(json_path, data)

@@ -108,3 +108,28 @@ def test_profile_of_a_non_bundle_is_user_error(tmp_path):
 def test_unknown_runner(bundle):
     proc = run_cli("profile", str(bundle), "--runner", "quantum")
     assert proc.returncode == 2 and "unknown runner 'quantum'" in proc.stderr
+
+
+def test_estimate_runner_predicts_device_latency_and_gates_the_budget(bundle, tmp_path):
+    import yaml
+
+    from edgekit.profiles import load_profile
+
+    proc = run_cli("profile", str(bundle), "--runner", "estimate")
+    assert proc.returncode == 0, proc.stderr
+    assert "validation error" in proc.stdout and "median" in proc.stdout
+    data = json.loads((bundle / "profiles" / "pixel4-estimate.json").read_text())
+    for row in data["rows"]:
+        assert row["provenance"] == "estimated-device" and row["latency_ms"] > 0 and row["threads"] == 4
+        assert row["details"]["estimate"]["by_op_type"]
+    assert data["validation"]["median_abs_error_pct"] <= 25
+    # a budget no model can meet: exit 3, the profile still written, and --allow-over-budget accepts it
+    strict = load_profile("pixel4").model_dump(mode="json")
+    strict["name"] = "strict-pixel4"
+    strict["budgets"]["latency_ms"] = 1e-6
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(strict))
+    proc = run_cli("profile", str(bundle), "--device", str(path), "--runner", "estimate")
+    assert proc.returncode == 3 and "latency budget missed" in proc.stderr
+    assert (bundle / "profiles" / "strict-pixel4-estimate.json").is_file()
+    assert run_cli("profile", str(bundle), "--device", str(path), "--runner", "estimate", "--allow-over-budget").returncode == 0
