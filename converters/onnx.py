@@ -212,7 +212,9 @@ class ONNXConverter(Converter):
         import onnx
         from onnxruntime.transformers.optimizer import optimize_model
 
-        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+        # fusion_attention warns about hidden size vs q/k/v width after head pruning; the fused op is exact.
+        for name in ("onnxruntime.transformers", "fusion_attention"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         cfg = getattr(getattr(model, "encoder", None) or getattr(model, "model", None), "config", None)
         heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or 0)
         hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0) or 0)

@@ -237,6 +237,7 @@ def export(
         say(f"pass {step.name}")
         student = pass_.apply(student, ctx)
     counts = parameter_counts(student)
+    calibrated_on_verification_texts = bool(parsed.passes)
 
     artifact_reports: list[ArtifactReport] = []
     notes: list[str] = []
@@ -288,6 +289,11 @@ def export(
             notes.append(
                 "Core ML: prediction needs macOS; on this host the saved ML program was interpreted op by op in "
                 "numpy (MIL reference on host, not device kernels) to measure fidelity; latency not run."
+            )
+        if calibrated_on_verification_texts:
+            notes.append(
+                "recipe passes were calibrated on the same verification texts the fidelity is measured on: "
+                "pass --texts with a held-out set for an unbiased figure"
             )
         say("writing bundle")
         tok_dir = staging / "tokenizer"

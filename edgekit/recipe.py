@@ -1,7 +1,7 @@
 """Recipes: an ordered list of passes plus the precisions each converter lowers to.
 
-Shorthand, as typed on the command line: steps joined by '+', each `name` or
-`name:key=value,key=value`; the precision words fp32 / fp16 / int8 are not passes but
+Shorthand, as typed on the command line: steps joined by '+', each `name`, `name:value` (the
+pass's primary option) or `name:key=value,key=value`; the precision words fp32 / fp16 / int8 are not passes but
 the precision intent every converter lowers natively. Example: `early-exit:layers=2+int8`.
 """
 
@@ -13,6 +13,8 @@ from typing import Any
 from edgekit.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Key under which a bare value ("prune-ffn:0.5") is held until the pass says which option it means.
+PRIMARY = "__primary__"
 
 
 @dataclass
@@ -55,8 +57,10 @@ def parse_recipe(text: str | None) -> Recipe:
             if step not in recipe.precisions:
                 recipe.precisions.append(step)
             continue
-        name, _, opts = step.partition(":")
+        name, colon, opts = step.partition(":")
         options: dict[str, Any] = {}
+        if colon and not opts.strip():
+            raise UserError(f"recipe step '{step}' ends with ':' but gives no options; e.g. '{name}:0.5' or drop the ':'")
         if opts:
             # "layers=2,4,keep=0.5" -> a comma also separates list values: a bare item extends the last key.
             last_key = None
@@ -64,7 +68,13 @@ def parse_recipe(text: str | None) -> Recipe:
                 if "=" in item:
                     key, _, value = item.partition("=")
                     last_key = key.strip()
+                    if not last_key or not value.strip():
+                        raise UserError(f"recipe step '{step}' has an empty option; write key=value, e.g. '{name}:ratio=0.5'")
                     options[last_key] = _parse_value(value.strip())
+                elif last_key is None and not options:
+                    # a bare first value goes to the pass's primary option, e.g. "prune-ffn:0.5" -> ratio=0.5
+                    options[PRIMARY] = _parse_value(item.strip())
+                    last_key = PRIMARY
                 elif last_key is not None:
                     prev = options[last_key]
                     options[last_key] = (prev if isinstance(prev, list) else [prev]) + [_parse_value(item.strip())]

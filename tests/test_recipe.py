@@ -18,10 +18,16 @@ def test_shorthand_splits_passes_options_and_precision():
     assert r.passes[1].options == {"keep": 0.5}
 
 
-@pytest.mark.parametrize("text", ["int8++fp16", "prune:0.5"])
+@pytest.mark.parametrize("text", ["int8++fp16", "svd:energy=0.9,=3", "prune-ffn:"])
 def test_malformed_recipe_is_user_error(text):
     with pytest.raises(UserError):
         parse_recipe(text)
+
+
+def test_bare_value_maps_to_the_pass_primary_option():
+    step = parse_recipe("prune-ffn:0.5+svd:0.9+int8").passes
+    assert get_pass(step[0].name, step[0].options).config.ratio == 0.5
+    assert get_pass(step[1].name, step[1].options).config.energy == 0.9
 
 
 def test_unknown_pass_names_the_fix():

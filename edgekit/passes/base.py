@@ -34,6 +34,8 @@ class PassContext:
 class Pass(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[PassConfig]] = PassConfig
+    #: The option a bare shorthand value sets ("prune-ffn:0.5" -> ratio=0.5); None if the pass has none.
+    primary_option: ClassVar[str | None] = None
 
     def __init__(self, config: PassConfig) -> None:
         self.config = config
@@ -77,6 +79,12 @@ def get_pass(name: str, options: dict[str, Any]) -> Pass:
         known = ", ".join(sorted(_REGISTRY)) or "none are installed yet"
         raise UserError(f"unknown pass '{name}' in the recipe; available passes: {known}")
     cls = _REGISTRY[name]
+    options = dict(options)
+    if "__primary__" in options:
+        primary = getattr(cls, "primary_option", None)
+        if primary is None:
+            raise UserError(f"pass '{name}' takes key=value options (e.g. '{name}:key=value'), not a bare value")
+        options[primary] = options.pop("__primary__")
     try:
         config = cls.Config.model_validate(options)
     except ValidationError as exc:
