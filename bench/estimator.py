@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import edgekit  # noqa: F401  (offline / quiet environment before transformers loads)
-from converters.base import ExportSpec, get_converter
+from converters.base import get_converter
 from edgekit.model import load_teacher
 from edgekit.tiny_models import build_tiny_model_dir
 from edgekit.verify import host_peaks
@@ -45,15 +45,7 @@ def _teacher(name: str, root: Path):
 
 def _export(teacher, fmt: str, precision: str, seq: int, texts: list[str], workdir: Path):
     inputs = teacher.tokenize(texts, seq)
-    spec = ExportSpec(
-        precision=precision,
-        seq_len=seq,
-        input_names=teacher.input_names,
-        output_names=[teacher.output_name],
-        example_inputs={k: v[:1] for k, v in inputs.items()},
-        stem=f"model-{precision}-{seq}",
-        calibration_inputs=[{k: v[i : i + 1] for k, v in inputs.items()} for i in range(min(16, len(texts)))],
-    )
+    spec = teacher.export_spec(precision, inputs, calibration=16, stem=f"model-{precision}-{seq}")
     return get_converter(fmt).lower(teacher.module, spec, workdir)
 
 

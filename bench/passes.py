@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from converters.base import ExportSpec, get_converter
+from converters.base import get_converter
 from edgekit.model import load_teacher
 from edgekit.passes import PassContext, get_pass
 from edgekit.verify.fidelity import cosine_rows
@@ -118,14 +118,7 @@ def main() -> None:
             formats = ["onnx"] + (["tflite"] if args.tflite == "all" or (args.tflite == "some" and some_tflite) else [])
             for fmt in formats:
                 conv = get_converter(fmt)
-                spec = ExportSpec(
-                    precision="fp32",
-                    seq_len=SEQ_LEN,
-                    input_names=teacher.input_names,
-                    output_names=[teacher.output_name],
-                    example_inputs=one,
-                    stem="model-fp32",
-                )
+                spec = teacher.export_spec("fp32", one)
                 started = time.perf_counter()
                 art = conv.lower(model, spec, Path(tmp) / f"{label.replace(' ', '_')}-{fmt}")
                 export_s = time.perf_counter() - started

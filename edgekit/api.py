@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import edgekit
-from converters.base import MEASURED_HOST, NOT_RUN, Artifact, ExportSpec, RuntimeUnavailable, get_converter
+from converters.base import MEASURED_HOST, NOT_RUN, Artifact, RuntimeUnavailable, get_converter
 from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, write_json
 from edgekit.errors import BudgetError, UserError
 from edgekit.integration import INTEGRATION_FILE, write_app_assets
@@ -241,22 +241,11 @@ def export(
 
     artifact_reports: list[ArtifactReport] = []
     notes: list[str] = []
-    example = {k: v[:1] for k, v in inputs.items()}
-    calibration = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(min(64, len(sample_texts)))]
     with staged_bundle(out_dir, force) as staging:
         for fmt, conv in converters.items():
             for precision in chosen_precisions:
                 say(f"exporting {fmt} {precision}")
-                spec = ExportSpec(
-                    precision=precision,
-                    seq_len=seq_len,
-                    input_names=teacher.input_names,
-                    output_names=[teacher.output_name],
-                    example_inputs=example,
-                    deployment_target=profile.deployment_target,
-                    stem=f"model-{precision}",
-                    calibration_inputs=calibration,
-                )
+                spec = teacher.export_spec(precision, inputs, calibration=64, deployment_target=profile.deployment_target)
                 started = time.perf_counter()
                 artifact = conv.lower(student, spec, staging)
                 artifact.notes.append(f"converted in {time.perf_counter() - started:.1f} s")

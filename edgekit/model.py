@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from converters.base import ExportSpec
 from edgekit.errors import UserError
 
 Task = Literal["embedding", "classification"]
@@ -109,6 +110,24 @@ class Teacher:
             tt = enc.get("token_type_ids")
             out["token_type_ids"] = (np.zeros_like(out["input_ids"]) if tt is None else tt).astype(np.int64)
         return out
+
+    def export_spec(self, precision: str, inputs: dict[str, np.ndarray], *, calibration: int = 0, **extra) -> ExportSpec:
+        """The `ExportSpec` for this teacher's contract, traced on the first tokenised row of `inputs`.
+
+        `calibration` rows (batch 1 each) become `calibration_inputs`; `extra` sets any other field
+        (stem defaults to `model-<precision>`).
+        """
+        n = len(inputs["input_ids"])
+        extra.setdefault("stem", f"model-{precision}")
+        return ExportSpec(
+            precision=precision,
+            seq_len=int(inputs["input_ids"].shape[1]),
+            input_names=list(self.input_names),
+            output_names=[self.output_name],
+            example_inputs={k: v[:1] for k, v in inputs.items()},
+            calibration_inputs=[{k: v[i : i + 1] for k, v in inputs.items()} for i in range(min(calibration, n))],
+            **extra,
+        )
 
     @torch.no_grad()
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

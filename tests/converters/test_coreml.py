@@ -54,11 +54,7 @@ def exported(request, tmp_path_factory, tiny_model_dirs):
     conv = CoreMLConverter()
     artifacts = {}
     for precision in PRECISIONS:
-        spec = ExportSpec(
-            precision=precision, seq_len=SEQ_LEN, input_names=teacher.input_names,
-            output_names=[teacher.output_name], example_inputs={k: v[:1] for k, v in inputs.items()},
-            deployment_target=TARGET, stem=f"model-{precision}",
-        )
+        spec = teacher.export_spec(precision, inputs, deployment_target=TARGET)
         artifacts[precision] = conv.lower(teacher.module, spec, root / "out")
     return {"teacher": teacher, "inputs": inputs, "reference": reference, "artifacts": artifacts,
             "conv": conv, "out": root / "out"}
@@ -178,9 +174,7 @@ def tiny_bert(tmp_path_factory):
 
 
 def _spec(teacher, inputs, precision, target, stem="m"):
-    return ExportSpec(precision=precision, seq_len=16, input_names=teacher.input_names,
-                      output_names=[teacher.output_name], example_inputs={k: v[:1] for k, v in inputs.items()},
-                      deployment_target=target, stem=stem)
+    return teacher.export_spec(precision, inputs, deployment_target=target, stem=stem)
 
 
 def test_int8_ios18_uses_blockwise_shift_scale(tiny_bert):

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
-from converters.base import ExportSpec, get_converter
+from converters.base import get_converter
 from converters.onnx import embedding_table_bytes, outlier_matmuls
 from edgekit.errors import UserError
 from edgekit.model import load_teacher
@@ -23,15 +23,7 @@ def exported(tiny_model_dirs, sample_texts, tmp_path_factory):
         teacher = load_teacher(path)
         inputs = teacher.tokenize(sample_texts[:12], SEQ)
         for precision in ("fp32", "fp16", "int8"):
-            spec = ExportSpec(
-                precision=precision,
-                seq_len=SEQ,
-                input_names=teacher.input_names,
-                output_names=[teacher.output_name],
-                example_inputs={k: v[:1] for k, v in inputs.items()},
-                stem=f"model-{precision}",
-                calibration_inputs=[{k: v[i : i + 1] for k, v in inputs.items()} for i in range(8)],
-            )
+            spec = teacher.export_spec(precision, inputs, calibration=8)
             art = conv.lower(teacher.module, spec, tmp_path_factory.mktemp(f"{name}-{precision}"))
             results[(name, precision)] = (teacher, inputs, art)
     return results

@@ -51,15 +51,7 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Teacher]:
 
 
 def make_spec(teacher: Teacher, precision: str, stem: str = "model") -> ExportSpec:
-    example = {k: v[:1] for k, v in teacher.tokenize(TEXTS[:1], SEQ_LEN).items()}
-    return ExportSpec(
-        precision=precision,
-        seq_len=SEQ_LEN,
-        input_names=list(teacher.input_names),
-        output_names=[teacher.output_name],
-        example_inputs=example,
-        stem=stem,
-    )
+    return teacher.export_spec(precision, teacher.tokenize(TEXTS[:1], SEQ_LEN), stem=stem)
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ STEPS = {
 
 
 def spec(teacher, inputs, stem="model") -> ExportSpec:
-    return ExportSpec(
-        precision="fp32",
-        seq_len=SEQ,
-        input_names=teacher.input_names,
-        output_names=[teacher.output_name],
-        example_inputs={k: v[:1] for k, v in inputs.items()},
-        stem=stem,
-    )
+    return teacher.export_spec("fp32", inputs, stem=stem)
 
 
 def initializers(path) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.base import ExportSpec, get_converter
+from converters.base import get_converter
 from edgekit.errors import UserError
 from edgekit.model import load_teacher
 from edgekit.profiles import load_profile
@@ -117,15 +117,7 @@ def tiny_artifacts(tiny_model_dirs, sample_texts, tmp_path_factory):
     inputs = teacher.tokenize(sample_texts[:8], SEQ)
     out = {}
     for fmt, precision in (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32")):
-        spec = ExportSpec(
-            precision=precision,
-            seq_len=SEQ,
-            input_names=teacher.input_names,
-            output_names=[teacher.output_name],
-            example_inputs={k: v[:1] for k, v in inputs.items()},
-            stem=f"model-{precision}",
-            calibration_inputs=[{k: v[i : i + 1] for k, v in inputs.items()} for i in range(4)],
-        )
+        spec = teacher.export_spec(precision, inputs, calibration=4)
         out[(fmt, precision)] = get_converter(fmt).lower(teacher.module, spec, tmp_path_factory.mktemp(f"{fmt}-{precision}"))
     return out
 

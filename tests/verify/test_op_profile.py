@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.base import Artifact, ExportSpec, TensorSpec, get_converter
+from converters.base import Artifact, TensorSpec, get_converter
 from edgekit.errors import UserError
 from edgekit.model import load_teacher
 from edgekit.verify import op_profile
@@ -37,15 +37,7 @@ def onnx_artifacts(tiny_model_dirs, sample_texts, tmp_path_factory):
     for name, precision in [("bert-embedding", "fp32"), ("bert-embedding", "int8"), ("distilbert-embedding", "fp32")]:
         teacher = load_teacher(tiny_model_dirs[name])
         inputs = teacher.tokenize(sample_texts[:8], SEQ)
-        spec = ExportSpec(
-            precision=precision,
-            seq_len=SEQ,
-            input_names=teacher.input_names,
-            output_names=[teacher.output_name],
-            example_inputs={k: v[:1] for k, v in inputs.items()},
-            stem=f"model-{precision}",
-            calibration_inputs=[{k: v[i : i + 1] for k, v in inputs.items()} for i in range(4)],
-        )
+        spec = teacher.export_spec(precision, inputs, calibration=4)
         out[(name, precision)] = conv.lower(teacher.module, spec, tmp_path_factory.mktemp(f"prof-{name}-{precision}"))
     return out
 
