@@ -25,6 +25,8 @@ from edgekit.errors import UserError
 MEASURED_HOST = "measured-host"
 MIL_REFERENCE_HOST = "mil-reference-host"  # Core ML program interpreted in numpy: not device kernels
 NOT_RUN = "not-run"
+#: second output of early-exit artifacts: how many layers ran for this input
+EXIT_LAYER = "exit_layer"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class Artifact:
     ops: dict[str, int] = field(default_factory=dict)
     embedding_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: early exit: the layer each verification text stopped at, as the artifact's runtime reported it
+    exit_layers: Any = None
 
     @property
     def name(self) -> str:
@@ -84,6 +88,7 @@ class Artifact:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("exit_layers", None)
         data["path"] = self.path.name
         data["inputs"] = [t.to_json() for t in self.inputs]
         data["outputs"] = [t.to_json() for t in self.outputs]
@@ -109,6 +114,8 @@ class Converter(ABC):
     format: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
     input_dtype: ClassVar[str] = "int64"
+    #: True when `lower` turns an early-exit model (one with `segments()`) into real graph control flow
+    lowers_control_flow: ClassVar[bool] = False
 
     @abstractmethod
     def lower(self, model: torch.nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:

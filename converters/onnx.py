@@ -105,7 +105,10 @@ def outlier_matmuls(model, calibration: list[dict[str, np.ndarray]], k: int) -> 
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     feed_types = {i.name: {"tensor(int64)": np.int64, "tensor(int32)": np.int32}.get(i.type, np.float32) for i in session.get_inputs()}
-    batch = {n: np.concatenate([c[n] for c in calibration[:32]]).astype(t) for n, t in feed_types.items()}
+    fixed = {i.name for i in session.get_inputs() if i.shape and i.shape[0] == 1}  # e.g. an exit threshold: not batched
+    batch = {
+        n: (calibration[0][n] if n in fixed else np.concatenate([c[n] for c in calibration[:32]])).astype(t) for n, t in feed_types.items()
+    }
     values = dict(zip(names, session.run(names, batch), strict=True))
     mask = batch["attention_mask"].astype(bool) if "attention_mask" in batch else None
     scores = []
@@ -128,6 +131,44 @@ def _specs(values) -> list[TensorSpec]:
     return out
 
 
+def hf_config(model: torch.nn.Module):
+    """The Hugging Face config inside an edgekit model (plain, dynamic, or one segment of a dynamic one)."""
+    for owner in (model, getattr(model, "model", None), getattr(model, "stages", None)):
+        inner = getattr(owner, "encoder", None) or getattr(owner, "model", None) or getattr(owner, "hf", None)
+        if inner is not None and hasattr(inner, "config"):
+            return inner.config
+        stages = getattr(owner, "stages", None)
+        if stages is not None:
+            return stages.hf.config
+    return None
+
+
+def torchscript_export(
+    module: torch.nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str], dynamic: dict, opset: int
+) -> None:
+    """torch.onnx.export with the TorchScript exporter; a failure becomes a one-line UnsupportedOpError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Positional(module, input_names).eval(),
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic,
+                opset_version=max(17, opset),
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:  # the exporter's message names the unsupported op
+        path.unlink(missing_ok=True)
+        raise UnsupportedOpError(
+            f"ONNX export failed: {str(exc).splitlines()[0][:200]}; "
+            "drop the pass that introduced this op or export another format with --formats"
+        ) from exc
+
+
 @register_converter
 class ONNXConverter(Converter):
     format = "onnx"
@@ -137,6 +178,7 @@ class ONNXConverter(Converter):
     #: keeping them lifts mean cosine from 0.990 to ~0.993 for +3.5 MB.
     keep_fp32_matmuls = 2
     input_dtype = "int64"
+    lowers_control_flow = True
     suffix = ".onnx"
 
     def lower(self, model: torch.nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:
@@ -146,35 +188,21 @@ class ONNXConverter(Converter):
         workdir.mkdir(parents=True, exist_ok=True)
         target = workdir / f"{spec.stem}{self.suffix}"
         raw = workdir / f".{spec.stem}.raw.onnx"
+        if hasattr(model, "segments"):  # early exit: segments composed under If nodes
+            from converters._onnx_early_exit import lower_early_exit
+
+            return lower_early_exit(self, model, spec, workdir)
         args = tuple(torch.from_numpy(np.asarray(spec.example_inputs[n][:1], dtype=np.int64)) for n in spec.input_names)
-        dynamic = {n: {0: "batch", 1: "sequence"} for n in spec.input_names}
+        static_sequence = bool(getattr(model, "static_sequence", False))
+        dynamic = {n: {0: "batch"} if static_sequence else {0: "batch", 1: "sequence"} for n in spec.input_names}
         dynamic[spec.output_names[0]] = {0: "batch"}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    _Positional(model, spec.input_names).eval(),
-                    args,
-                    str(raw),
-                    input_names=spec.input_names,
-                    output_names=spec.output_names,
-                    dynamic_axes=dynamic,
-                    opset_version=max(17, spec.opset),
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-        except Exception as exc:  # the exporter's message names the unsupported op
-            raw.unlink(missing_ok=True)
-            raise UnsupportedOpError(
-                f"ONNX export failed: {str(exc).splitlines()[0][:200]}; drop the pass that introduced this op "
-                "or export another format with --formats"
-            ) from exc
+        torchscript_export(model, args, raw, spec.input_names, spec.output_names, dynamic, spec.opset)
         try:
             model_proto = self._optimize(raw, model)
             notes = [
                 "graph optimised by onnxruntime.transformers (BERT fusions)",
                 f"opset {max(17, spec.opset)}",
-                "dynamic axes: batch, sequence",
+                "dynamic axes: batch" if static_sequence else "dynamic axes: batch, sequence",
             ]
             if spec.precision == "fp16":
                 model_proto = self._to_fp16(model_proto)
@@ -215,7 +243,7 @@ class ONNXConverter(Converter):
         # fusion_attention warns about hidden size vs q/k/v width after head pruning; the fused op is exact.
         for name in ("onnxruntime.transformers", "fusion_attention"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        cfg = getattr(getattr(model, "encoder", None) or getattr(model, "model", None), "config", None)
+        cfg = hf_config(model)
         heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or 0)
         hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0) or 0)
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import edgekit
-from converters.base import MEASURED_HOST, NOT_RUN, Artifact, RuntimeUnavailable, get_converter
+from converters.base import EXIT_LAYER, MEASURED_HOST, NOT_RUN, Artifact, RuntimeUnavailable, get_converter
 from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, write_json
 from edgekit.errors import BudgetError, UserError
 from edgekit.integration import INTEGRATION_FILE, write_app_assets
@@ -77,12 +77,37 @@ def _resolve_precisions(profile: DeviceProfile, recipe: Recipe, precisions: list
     return list(dict.fromkeys(chosen))
 
 
-def _run_artifact(runtime, inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
-    rows = []
+def _run_artifact(runtime, inputs: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The main output for the first `n` texts (batch 1 each) and, for early-exit artifacts, the layer each stopped at."""
+    rows, layers = [], []
     for i in range(n):
         outputs = runtime.run({k: v[i : i + 1] for k, v in inputs.items()})
         rows.append(next(iter(outputs.values())))
-    return np.concatenate(rows).astype(np.float32)
+        if EXIT_LAYER in outputs:
+            layers.append(int(np.asarray(outputs[EXIT_LAYER]).reshape(-1)[0]))
+    return np.concatenate(rows).astype(np.float32), (np.array(layers) if layers else None)
+
+
+def _dynamic_report(student: torch.nn.Module, exit_layers: np.ndarray | None, provenance: str) -> dict | None:
+    """Exit rate per layer as the artifact ran it on the texts (early exit) or the token schedule (token skipping)."""
+    if hasattr(student, "segments"):
+        if exit_layers is None:
+            return {"kind": "early-exit", "exit_rate": {}, "mean_layers": None, "provenance": f"{NOT_RUN}: artifact not run here"}
+        n_layers = student.num_layers
+        rate = {f"layer {x}" + (" (full)" if x == n_layers else ""): float(np.mean(exit_layers == x)) for x in student.exits + [n_layers]}
+        return {
+            "kind": f"early-exit ({student.criterion} > {float(student.threshold[0]):g})"
+            if student.criterion != "entropy"
+            else f"early-exit (entropy < {float(student.threshold[0]):g})",
+            "exit_rate": rate,
+            "mean_layers": float(np.mean(exit_layers)),
+            "provenance": f"{provenance}: exit_layer output of the artifact on {len(exit_layers)} texts",
+        }
+    if hasattr(student, "schedule"):
+        word = "keep" if student.mode == "keep" else "threshold"
+        schedule = ", ".join(f"{word} {v:g} after layer {k}" for k, v in student.schedule.items())
+        return {"kind": f"token-skip ({student.mode})", "exit_rate": {}, "mean_layers": None, "schedule": schedule, "provenance": "recipe"}
+    return None
 
 
 def _torch_reference(teacher: Teacher, inputs: dict[str, np.ndarray], threads: int, repeats: int) -> dict:
@@ -119,7 +144,8 @@ def _verify(
         reason = str(exc)
         return (FidelityReport(provenance=NOT_RUN, reason=reason), LatencyReport(provenance=NOT_RUN, reason=reason))
     n = len(reference) if runtime.measures_latency else min(len(reference), REFERENCE_RUNTIME_TEXTS)
-    outputs = _run_artifact(runtime, inputs, n)
+    outputs, exit_layers = _run_artifact(runtime, inputs, n)
+    artifact.exit_layers = exit_layers
     fid = FidelityReport(
         metrics=fidelity(teacher.task, reference[:n], outputs),
         n_texts=n,
@@ -216,6 +242,11 @@ def export(
     for conv in converters.values():
         for p in chosen_precisions:
             conv.check_precision(p)
+        for step, pass_ in zip(parsed.passes, passes, strict=True):
+            if pass_.control_flow and not conv.lowers_control_flow:
+                raise UserError(
+                    f"{conv.format} cannot lower {step.name} as control flow yet; drop it or choose formats with --formats onnx"
+                )
     out_dir = Path(out) if out is not None else Path("out") / profile.name
     from edgekit.bundle import check_target
 
@@ -246,6 +277,8 @@ def export(
             for precision in chosen_precisions:
                 say(f"exporting {fmt} {precision}")
                 spec = teacher.export_spec(precision, inputs, calibration=64, deployment_target=profile.deployment_target)
+                if hasattr(student, "segments"):
+                    spec.output_names = [teacher.output_name, EXIT_LAYER]
                 started = time.perf_counter()
                 artifact = conv.lower(student, spec, staging)
                 artifact.notes.append(f"converted in {time.perf_counter() - started:.1f} s")
@@ -272,6 +305,7 @@ def export(
                         outputs=[t.to_json() for t in artifact.outputs],
                         ops=artifact.ops,
                         notes=artifact.notes,
+                        dynamic=_dynamic_report(student, getattr(artifact, "exit_layers", None), fid.provenance),
                     )
                 )
         if "coreml" in converters and any(a.latency.median_ms is None for a in artifact_reports if a.format == "coreml"):

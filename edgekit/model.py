@@ -55,17 +55,21 @@ class EmbeddingModel(nn.Module):
         kwargs = {"input_ids": input_ids.long(), "attention_mask": attention_mask.long()}
         if self.use_token_type_ids and token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids.long()
-        states = self.encoder(**kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        if self.pooling.mode == "cls":
-            pooled = states[:, 0]
-        elif self.pooling.mode == "max":
-            pooled = (states + (mask - 1.0) * 1e4).amax(dim=1)
-        else:
-            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        if self.pooling.normalize:
-            pooled = pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
-        return pooled
+        return pool(self.encoder(**kwargs).last_hidden_state, attention_mask, self.pooling)
+
+
+def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Token states -> one sentence vector, counting only tokens where `attention_mask` is 1."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    if pooling.mode == "cls":
+        pooled = states[:, 0]
+    elif pooling.mode == "max":
+        pooled = (states + (mask - 1.0) * 1e4).amax(dim=1)
+    else:
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    if pooling.normalize:
+        pooled = pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
+    return pooled
 
 
 class ClassifierModel(nn.Module):

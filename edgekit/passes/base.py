@@ -36,6 +36,8 @@ class Pass(ABC):
     Config: ClassVar[type[PassConfig]] = PassConfig
     #: The option a bare shorthand value sets ("prune-ffn:0.5" -> ratio=0.5); None if the pass has none.
     primary_option: ClassVar[str | None] = None
+    #: True when the pass's model must be lowered as graph control flow (every chosen converter must support it)
+    control_flow: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig) -> None:
         self.config = config

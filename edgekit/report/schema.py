@@ -61,6 +61,9 @@ class ArtifactReport(BaseModel):
     outputs: list[dict[str, Any]]
     ops: dict[str, int]
     notes: list[str] = Field(default_factory=list)
+    dynamic: dict[str, Any] | None = Field(
+        None, description="early exit: exit rate per layer measured by running the artifact on the texts; token skipping: the schedule"
+    )
 
 
 class BudgetCheck(BaseModel):
