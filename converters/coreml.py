@@ -343,6 +343,7 @@ class CoreMLConverter(Converter):
     format = "coreml"
     precisions = ("fp32", "fp16", "int8")
     input_dtype = "int32"
+    lowers_control_flow = True
 
     def lower(self, model: torch.nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:
         self.check_precision(spec.precision)
@@ -353,7 +354,12 @@ class CoreMLConverter(Converter):
         final = workdir / f"{spec.stem}{SUFFIX}"
         staging = Path(tempfile.mkdtemp(prefix=f".{spec.stem}-", suffix=".coreml-tmp", dir=workdir))
         try:
-            traced, floating = _trace(model, spec)
+            if hasattr(model, "segments"):  # early exit: traced segments under scripted ifs -> MIL cond
+                from converters._coreml_early_exit import script_early_exit
+
+                traced, floating = script_early_exit(model, spec)
+            else:
+                traced, floating = _trace(model, spec)
             mlmodel, clipped = self._convert(ct, traced, floating, spec, target)
             if spec.precision == "int8":
                 import coremltools.optimize.coreml as cto
@@ -388,6 +394,11 @@ class CoreMLConverter(Converter):
         if spec.precision == "int8":
             notes.append(f"int8 weights (linear symmetric, per output channel) in {info.compressed_weights} tensors; "
                          f"tensors under {INT8_WEIGHT_THRESHOLD} elements stay fp16")
+        if hasattr(model, "segments"):
+            notes.append(
+                f"early exit: {len(model.exits)} nested MIL cond ops (torch.jit.script over traced segments); "
+                f"criterion {model.criterion}, threshold {float(model.threshold[0]):g} is a program constant"
+            )
         if clipped:
             notes.append(f"{clipped} fp32 constant(s) beyond the fp16 range (attention-mask sentinels) clipped to "
                          "+-65504 so fp16 keeps masked scores finite (coremltools 9.0 would make them -inf, and "

@@ -334,8 +334,13 @@ class TFLiteConverter(Converter):
     format = "tflite"
     precisions = ("fp32", "fp16", "int8")
     input_dtype = "int32"
+    lowers_control_flow = True
 
     def lower(self, model: nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:
+        if hasattr(model, "segments"):  # early exit: IF ops from tf.cond
+            from converters._tflite_early_exit import lower_early_exit
+
+            return lower_early_exit(self, model, spec, workdir)
         self.check_precision(spec.precision)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)

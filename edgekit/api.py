@@ -77,12 +77,12 @@ def _resolve_precisions(profile: DeviceProfile, recipe: Recipe, precisions: list
     return list(dict.fromkeys(chosen))
 
 
-def _run_artifact(runtime, inputs: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The main output for the first `n` texts (batch 1 each) and, for early-exit artifacts, the layer each stopped at."""
+def _run_artifact(runtime, inputs: dict[str, np.ndarray], n: int, main: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Output `main` for the first `n` texts (batch 1 each) and, for early-exit artifacts, the layer each stopped at."""
     rows, layers = [], []
     for i in range(n):
         outputs = runtime.run({k: v[i : i + 1] for k, v in inputs.items()})
-        rows.append(next(iter(outputs.values())))
+        rows.append(outputs[main] if main in outputs else next(iter(outputs.values())))
         if EXIT_LAYER in outputs:
             layers.append(int(np.asarray(outputs[EXIT_LAYER]).reshape(-1)[0]))
     return np.concatenate(rows).astype(np.float32), (np.array(layers) if layers else None)
@@ -144,7 +144,7 @@ def _verify(
         reason = str(exc)
         return (FidelityReport(provenance=NOT_RUN, reason=reason), LatencyReport(provenance=NOT_RUN, reason=reason))
     n = len(reference) if runtime.measures_latency else min(len(reference), REFERENCE_RUNTIME_TEXTS)
-    outputs, exit_layers = _run_artifact(runtime, inputs, n)
+    outputs, exit_layers = _run_artifact(runtime, inputs, n, teacher.output_name)
     artifact.exit_layers = exit_layers
     fid = FidelityReport(
         metrics=fidelity(teacher.task, reference[:n], outputs),
