@@ -821,6 +821,17 @@ def _lut_to_dense(a: _Args) -> np.ndarray:
     return optimize_utils.lut_to_dense(indices, lut, None if vector_axis is None else int(vector_axis))
 
 
+@_kernel("constexpr_sparse_to_dense", table=_CONSTEXPR)
+def _sparse_to_dense(a: _Args) -> np.ndarray:
+    """iOS16 sparse weights: non-zero values in order + a little-endian bitmask of where they go."""
+    data = np.asarray(a["nonzero_data"])
+    shape = a.ints("shape")
+    dense = np.zeros(int(np.prod(shape)), dtype=data.dtype)
+    bits = np.unpackbits(np.asarray(a["mask"], dtype=np.uint8), bitorder="little")[: dense.size]
+    dense[np.flatnonzero(bits)] = data
+    return dense.reshape(shape)
+
+
 @_kernel("constexpr_cast", table=_CONSTEXPR)
 def _constexpr_cast(a: _Args) -> np.ndarray:
     return np.asarray(a["source_val"]).astype(_CAST_DTYPES[a.str("output_dtype")])

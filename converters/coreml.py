@@ -326,6 +326,38 @@ def _trace(model: torch.nn.Module, spec: ExportSpec) -> tuple[torch.jit.ScriptMo
     return traced, [torch.is_floating_point(o) for o in outs]
 
 
+#: a weight with at least this fraction of exact zeros is stored sparse (bitmask + values)
+SPARSE_MIN_FRACTION = 0.3
+
+
+def _store_zeros_sparse(mlmodel, model: torch.nn.Module, precision: str, target) -> tuple[Any, str | None]:
+    """Store weights that are mostly exact zeros (unstructured pruning) as Core ML sparse constants.
+
+    Lossless: only exact zeros go. int8 weights would need joint sparse+int8 compression (iOS18);
+    below that target the zeros stay dense in the int8 tensors and the note says so.
+    """
+    zeros = sum(int((p == 0).sum()) for p in model.parameters() if p.dim() >= 2)
+    total = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    if total == 0 or zeros / total < 0.05:
+        return mlmodel, None
+    if precision == "int8":
+        return mlmodel, (
+            f"{zeros / total:.0%} of weight values are zero but stored densely: sparse + int8 joint compression needs "
+            "an iOS18 deployment target; export fp16 to store them sparse"
+        )
+    import coremltools.optimize.coreml as cto
+
+    config = cto.OptimizationConfig(
+        global_config=cto.OpThresholdPrunerConfig(threshold=1e-30, minimum_sparsity_percentile=SPARSE_MIN_FRACTION, weight_threshold=2048)
+    )
+    with _quiet_conversion():
+        mlmodel = cto.prune_weights(mlmodel, config)
+    return mlmodel, (
+        f"weights with >= {SPARSE_MIN_FRACTION:.0%} exact zeros stored sparse (bitmask + non-zero values); "
+        f"{zeros / total:.0%} of weight values are zero"
+    )
+
+
 def _unsupported_op(exc: Exception, ct) -> UnsupportedOpError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     match = re.search(r"op '([^']+)'", text)
@@ -370,6 +402,9 @@ class CoreMLConverter(Converter):
                 ))
                 with _quiet_conversion():
                     mlmodel = cto.linear_quantize_weights(mlmodel, config)
+            mlmodel, sparse_note = _store_zeros_sparse(mlmodel, model, spec.precision, target)
+            if sparse_note:
+                notes.append(sparse_note)
             staged = staging / final.name
             with _quiet_conversion():
                 mlmodel.save(str(staged))

@@ -171,6 +171,23 @@ def _verify(
     )
 
 
+def _weight_zero_fraction(model: torch.nn.Module) -> float:
+    total = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    return sum(int((p == 0).sum()) for p in model.parameters() if p.dim() >= 2) / max(total, 1)
+
+
+def _dense_zeros_note(path: Path, zero_fraction: float) -> str:
+    """Unstructured zeros do not shrink a dense format: say so, with the measured deflate size of the file."""
+    import zlib
+
+    data = path.read_bytes()
+    packed = len(zlib.compress(data, 6))
+    return (
+        f"{zero_fraction:.0%} of weight values are zero but this format stores them densely (file size unchanged); "
+        f"deflate-compressed (e.g. in a zip/APK): {packed / 1e6:.1f} MB of {len(data) / 1e6:.1f} MB, measured"
+    )
+
+
 def _budget_checks(profile: DeviceProfile, task: str, artifacts: list[ArtifactReport]) -> list[BudgetCheck]:
     b = profile.budgets
     checks: list[BudgetCheck] = []
@@ -268,6 +285,7 @@ def export(
         say(f"pass {step.name}")
         student = pass_.apply(student, ctx)
     counts = parameter_counts(student)
+    weight_zeros = _weight_zero_fraction(student)
     calibrated_on_verification_texts = bool(parsed.passes)
 
     artifact_reports: list[ArtifactReport] = []
@@ -282,6 +300,8 @@ def export(
                 started = time.perf_counter()
                 artifact = conv.lower(student, spec, staging)
                 artifact.notes.append(f"converted in {time.perf_counter() - started:.1f} s")
+                if weight_zeros >= 0.05 and artifact.path.is_file():
+                    artifact.notes.append(_dense_zeros_note(artifact.path, weight_zeros))
                 say(f"verifying {artifact.name}")
                 fid, lat = _verify(artifact, conv, teacher, inputs, reference["outputs"], threads, seq_len, latency_repeats)
                 size = artifact.size_bytes()

@@ -22,7 +22,6 @@ SEQ = 32
 EXITS = [1, 3]
 CASES = [
     ("bert", "embedding", "confidence", -1.0, 2.0),
-    ("distilbert", "embedding", "confidence", -1.0, 2.0),
     ("bert", "classification", "entropy", 2.0, -1.0),
     ("distilbert", "classification", "patience", -1.0, 10.0),
 ]
