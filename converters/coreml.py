@@ -358,6 +358,26 @@ def _store_zeros_sparse(mlmodel, model: torch.nn.Module, precision: str, target)
     )
 
 
+def _store_palettized(ct, mlmodel, model: torch.nn.Module, precision: str, target) -> tuple[Any, str | None]:
+    """Weights the `palettize` pass clustered become Core ML look-up tables + n-bit indices (lossless: mode "unique")."""
+    bits = getattr(model, "palettized_bits", None)
+    if bits is None:
+        return mlmodel, None
+    if precision == "int8":
+        return mlmodel, "palettized weights were quantized to int8 instead of stored as look-up tables: export fp16 to keep the tables"
+    import coremltools.optimize.coreml as cto
+
+    if getattr(model, "palettized_granularity", "tensor") == "group":
+        if target is None or target < ct.target.iOS18:
+            return mlmodel, "per-group look-up tables need an iOS18 deployment target: weights stored dense (fp16)"
+        op_config = cto.OpPalettizerConfig(mode="unique", granularity="per_grouped_channel", group_size=16, weight_threshold=2048)
+    else:
+        op_config = cto.OpPalettizerConfig(mode="unique", weight_threshold=2048)
+    with _quiet_conversion():
+        mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+    return mlmodel, f"palettized weights stored as look-up tables with {bits}-bit indices (coremltools mode 'unique', lossless)"
+
+
 def _unsupported_op(exc: Exception, ct) -> UnsupportedOpError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     match = re.search(r"op '([^']+)'", text)
@@ -402,6 +422,9 @@ class CoreMLConverter(Converter):
                 ))
                 with _quiet_conversion():
                     mlmodel = cto.linear_quantize_weights(mlmodel, config)
+            mlmodel, palette_note = _store_palettized(ct, mlmodel, model, spec.precision, target)
+            if palette_note:
+                notes.append(palette_note)
             mlmodel, sparse_note = _store_zeros_sparse(mlmodel, model, spec.precision, target)
             if sparse_note:
                 notes.append(sparse_note)

@@ -176,14 +176,19 @@ def _weight_zero_fraction(model: torch.nn.Module) -> float:
     return sum(int((p == 0).sum()) for p in model.parameters() if p.dim() >= 2) / max(total, 1)
 
 
-def _dense_zeros_note(path: Path, zero_fraction: float) -> str:
-    """Unstructured zeros do not shrink a dense format: say so, with the measured deflate size of the file."""
+def _dense_storage_note(path: Path, zero_fraction: float, palette_bits: int | None) -> str:
+    """Zeros and shared values do not shrink a dense format: say so, with the measured deflate size of the file."""
     import zlib
 
     data = path.read_bytes()
     packed = len(zlib.compress(data, 6))
+    what = (
+        f"weights hold only 2^{palette_bits} values per table (palettized)"
+        if palette_bits
+        else f"{zero_fraction:.0%} of weight values are zero"
+    )
     return (
-        f"{zero_fraction:.0%} of weight values are zero but this format stores them densely (file size unchanged); "
+        f"{what} but this format stores them densely (file size unchanged); "
         f"deflate-compressed (e.g. in a zip/APK): {packed / 1e6:.1f} MB of {len(data) / 1e6:.1f} MB, measured"
     )
 
@@ -300,8 +305,8 @@ def export(
                 started = time.perf_counter()
                 artifact = conv.lower(student, spec, staging)
                 artifact.notes.append(f"converted in {time.perf_counter() - started:.1f} s")
-                if weight_zeros >= 0.05 and artifact.path.is_file():
-                    artifact.notes.append(_dense_zeros_note(artifact.path, weight_zeros))
+                if artifact.path.is_file() and (weight_zeros >= 0.05 or getattr(student, "palettized_bits", None)):
+                    artifact.notes.append(_dense_storage_note(artifact.path, weight_zeros, getattr(student, "palettized_bits", None)))
                 say(f"verifying {artifact.name}")
                 fid, lat = _verify(artifact, conv, teacher, inputs, reference["outputs"], threads, seq_len, latency_repeats)
                 size = artifact.size_bytes()
