@@ -88,13 +88,16 @@ def _export_segments(conv, model, spec: ExportSpec, workdir: Path) -> tuple[list
         quantized = []
         for j, proto in enumerate(protos):
             target = workdir / f".{spec.stem}.seg{j}.int8.onnx"
+            # exit heads and their confidence stay fp32: int8 noise there moves exit decisions (measured on
+            # all-MiniLM-L6-v2: 10% instead of 2% exits at layer 4, mean cosine 0.980 instead of 0.995)
+            heads = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and "/heads." in n.name]
             try:
-                conv._quantize_int8(proto, target, workdir, exclude=[name for _, k, name in keep if k == j])
+                conv._quantize_int8(proto, target, workdir, exclude=[name for _, k, name in keep if k == j] + heads)
                 quantized.append(onnx.load(str(target)))
             finally:
                 target.unlink(missing_ok=True)
         protos = quantized
-        notes.append("int8: dynamic quantization of every segment, per-channel symmetric int8 weights")
+        notes.append("int8: dynamic quantization of every segment, per-channel symmetric int8 weights; exit heads kept in fp32")
         if keep:
             notes.append("kept in fp32 (largest activation outliers): " + ", ".join(f"segment {j} {name} ({s:.0f})" for s, j, name in keep))
     return protos, notes

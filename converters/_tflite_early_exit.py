@@ -81,8 +81,13 @@ def lower_early_exit(conv, model, spec: ExportSpec, workdir: Path) -> Artifact:
         tf.saved_model.save(holder, saved, signatures={SIGNATURE_KEY: serve.get_concrete_function()})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE_KEY])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        fp32 = bytes(converter.convert())
-    data = quantize_tflite(fp32, spec.precision)
+        if spec.precision == "int8":
+            # the TF converter's dynamic-range int8 also covers the embedding GATHER (ai-edge-quantizer's
+            # recipe quantizes EMBEDDING_LOOKUP, which litert-torch emits, but not GATHER)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        data = bytes(converter.convert())
+    if spec.precision == "fp16":
+        data = quantize_tflite(data, spec.precision)
     ops = check_builtin_ops(data)
     path = workdir / f"{spec.stem}{SUFFIX}"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.stem}.", suffix=SUFFIX + ".tmp", dir=workdir)
@@ -109,7 +114,9 @@ def lower_early_exit(conv, model, spec: ExportSpec, workdir: Path) -> Artifact:
         notes=[
             f"early exit: {len(model.exits)} nested IF ops from tf.cond over TensorFlow stages built from the torch weights",
             f"criterion {model.criterion}, threshold {threshold:g} baked into the graph (re-export to change it)",
-            PRECISION_NOTES[spec.precision],
+            "int8: TF converter dynamic-range quantization (int8 weights incl. the embedding table, float activations)"
+            if spec.precision == "int8"
+            else PRECISION_NOTES[spec.precision],
             f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), outputs {', '.join(spec.output_names)}; "
             "builtin ops only",
             f"tensorflow {tf.__version__}; " + _tool_versions(spec.precision),
