@@ -8,6 +8,7 @@ atomically into `out/<device>/`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import time
 from collections.abc import Callable
@@ -291,6 +292,9 @@ def export(
         student = pass_.apply(student, ctx)
     counts = parameter_counts(student)
     weight_zeros = _weight_zero_fraction(student)
+    # the artifacts see the student's tokenizer (vocab-prune rewrites it); the reference keeps the teacher's
+    shipped = dataclasses.replace(teacher, tokenizer=ctx.tokenizer) if ctx.tokenizer is not None else teacher
+    artifact_inputs = shipped.tokenize(sample_texts, seq_len) if ctx.tokenizer is not None else inputs
     calibrated_on_verification_texts = bool(parsed.passes)
 
     artifact_reports: list[ArtifactReport] = []
@@ -299,7 +303,7 @@ def export(
         for fmt, conv in converters.items():
             for precision in chosen_precisions:
                 say(f"exporting {fmt} {precision}")
-                spec = teacher.export_spec(precision, inputs, calibration=64, deployment_target=profile.deployment_target)
+                spec = shipped.export_spec(precision, artifact_inputs, calibration=64, deployment_target=profile.deployment_target)
                 if hasattr(student, "segments"):
                     spec.output_names = [teacher.output_name, EXIT_LAYER]
                 started = time.perf_counter()
@@ -308,7 +312,7 @@ def export(
                 if artifact.path.is_file() and (weight_zeros >= 0.05 or getattr(student, "palettized_bits", None)):
                     artifact.notes.append(_dense_storage_note(artifact.path, weight_zeros, getattr(student, "palettized_bits", None)))
                 say(f"verifying {artifact.name}")
-                fid, lat = _verify(artifact, conv, teacher, inputs, reference["outputs"], threads, seq_len, latency_repeats)
+                fid, lat = _verify(artifact, conv, teacher, artifact_inputs, reference["outputs"], threads, seq_len, latency_repeats)
                 size = artifact.size_bytes()
                 emb = artifact.embedding_bytes
                 artifact_reports.append(
@@ -345,13 +349,13 @@ def export(
             )
         say("writing bundle")
         tok_dir = staging / "tokenizer"
-        teacher.tokenizer.save_pretrained(tok_dir)
+        shipped.tokenizer.save_pretrained(tok_dir)
         manifest_artifacts = [
             {"path": a.path, "format": a.format, "precision": a.precision, "inputs": a.inputs, "outputs": a.outputs}
             for a in artifact_reports
         ]
         say("writing app-integration assets (tokenizer test vectors, INTEGRATION.md)")
-        write_app_assets(staging, teacher, seq_len, manifest_artifacts, profile=profile)
+        write_app_assets(staging, shipped, seq_len, manifest_artifacts, profile=profile)
         report = Report(
             edgekit_version=edgekit.__version__,
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -409,7 +413,8 @@ def export(
                 "max_length": seq_len,
                 "padding": "max_length",
                 "truncation": True,
-                "special_tokens": teacher.tokenizer.special_tokens_map,
+                "special_tokens": shipped.tokenizer.special_tokens_map,
+                "vocab_size": len(shipped.tokenizer.get_vocab()),
             },
             "versions": report.versions,
             "artifacts": manifest_artifacts,

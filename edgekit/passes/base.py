@@ -29,6 +29,8 @@ class PassContext:
     profile: Any
     seq_len: int
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: set by passes that change the vocabulary (vocab-prune): the tokenizer the artifacts and the bundle use
+    tokenizer: Any = None
 
 
 class Pass(ABC):
