@@ -80,12 +80,19 @@ def export(
     allow_over_budget: Annotated[
         bool, typer.Option("--allow-over-budget", help="Exit 0 even when a device budget (size, fidelity) is missed.")
     ] = False,
+    arm: Annotated[
+        bool, typer.Option("--arm", help="Then run 'verify --arch arm64' on the bundle (the device's cores, 32 texts).")
+    ] = False,
 ) -> None:
     """Export the model for a device: every format x precision, verified against the teacher, as a bundle with a report."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgekit import api
 
+    if arm:  # say it before minutes of export, not after
+        from edgekit.verify.arm_env import require_env
+
+        require_env()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("starting", total=None)
         last: list[str] = []
@@ -116,6 +123,19 @@ def export(
     _print_summary(result.report)
     out.print(f"bundle: {result.out_dir}   report: {result.report_html}")
     out.print(f"app integration: {result.integration_md} (tokenizer test vectors: {result.out_dir / 'tokenizer_test_vectors.json'})")
+    if arm:
+        _verify_arm_after_export(result.out_dir, model)
+
+
+def _verify_arm_after_export(bundle: Path, model: Path | None) -> None:
+    """`export --arm`: the same check as `verify --arch arm64` on the fresh bundle (environment checked before the export)."""
+    from edgekit.verify.arm import ArmCheckFailed, verify_arm
+
+    with err.status("verifying on arm64 (emulated)") as status:
+        result = verify_arm(bundle, model=model, progress=lambda m: status.update(m), raise_on_failure=False)
+    _print_arm(result)
+    if result.failures:
+        raise ArmCheckFailed(result.failure_message())
 
 
 def _print_summary(report) -> None:
@@ -276,6 +296,7 @@ def verify_cmd(
         list[str] | None, typer.Option("--artifact", help="Only these artifacts of the bundle (file names), comma-separated or repeated.")
     ] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="The teacher directory, if it moved since the export.")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Emulator processes at a time. Default: cores, at most 4.")] = None,
 ) -> None:
     """Run every ONNX and TFLite artifact with the real aarch64 kernels under emulation; report ARM vs x86 vs teacher numerics."""
     from edgekit.verify.arm import verify_arm
@@ -289,6 +310,7 @@ def verify_cmd(
             texts=texts,
             artifacts=_split(artifact),
             model=model,
+            jobs=jobs,
             progress=lambda m: status.update(m),
             raise_on_failure=False,
         )

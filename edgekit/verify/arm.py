@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,7 @@ def verify_arm(
     artifacts: list[str] | None = None,
     model: str | Path | None = None,
     xnnpack: bool = True,
+    jobs: int | None = None,
     progress: Callable[[str], None] | None = None,
     raise_on_failure: bool = True,
 ) -> ArmVerifyResult:
@@ -283,6 +285,7 @@ def verify_arm(
     if not chosen:
         raise UserError(f"bundle {root} has no ONNX or TFLite artifact to run on arm64 (Core ML does not run on Android/Linux ARM)")
     env = require_env()
+    jobs = max(1, jobs or min(os.cpu_count() or 1, 4))
 
     from edgekit.verify.texts import load_texts
 
@@ -300,59 +303,70 @@ def verify_arm(
     try:
         inputs_npz = work / "inputs.npz"
         np.savez(inputs_npz, **inputs)
-        timeout = 300 + 30 * len(sample)
+        timeout = 300 + 60 * len(sample)
+        host: dict[str, tuple[np.ndarray, dict[str, Any], dict[str, float]]] = {}
         for artifact in chosen:
-            name = artifact.path.name
-            say(f"x86: {name}")
+            say(f"x86: {artifact.path.name}")
             try:
                 x86, x86_info = _x86(artifact, inputs)
             except Exception as exc:
                 raise UserError(
-                    f"{name} cannot be run on this host ({exc.__class__.__name__}: {str(exc).strip()[:160]}); "
+                    f"{artifact.path.name} cannot be run on this host ({exc.__class__.__name__}: {str(exc).strip()[:160]}); "
                     "re-export it ('edgekit export --force')"
                 ) from exc
-            x86_fid = fidelity(teacher.task, reference, x86.reshape(len(x86), -1))
-            arm_outputs: dict[str, np.ndarray] = {}
-            for cpu in cpus:
-                say(f"arm64 {cpu} (emulated): {name}")
-                t0 = time.perf_counter()
-                guest, arm = _run_guest(env, artifact, cpu, inputs_npz, work, xnnpack, timeout)
-                row: dict[str, Any] = {
-                    "artifact": name,
-                    "format": artifact.format,
-                    "precision": artifact.precision,
-                    "cpu": cpu,
-                    "emulated_wall_seconds": round(time.perf_counter() - t0, 1),
-                    "guest": {k: v for k, v in guest.items() if k not in ("outputs",)},
-                    "cpu_features": _features(guest),
-                    "x86": x86_info,
-                    "x86_vs_teacher": x86_fid,
+            host[artifact.path.name] = (x86, x86_info, fidelity(teacher.task, reference, x86.reshape(len(x86), -1)))
+        runs = [(artifact, cpu) for artifact in chosen for cpu in cpus]
+        done: list[str] = []
+
+        def guest_run(job: tuple[Any, str]) -> tuple[dict, np.ndarray | None, float]:
+            t0 = time.perf_counter()
+            guest, arm = _run_guest(env, job[0], job[1], inputs_npz, work, xnnpack, timeout)
+            done.append(job[0].path.name)
+            say(f"arm64 (emulated, {len(sample)} texts, {jobs} at a time): {len(done)}/{len(runs)} runs done")
+            return guest, arm, time.perf_counter() - t0
+
+        say(f"arm64 (emulated, {len(sample)} texts, {jobs} at a time): 0/{len(runs)} runs done")
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own emulator process
+            results = list(pool.map(guest_run, runs))
+        arm_outputs: dict[str, dict[str, np.ndarray]] = {}
+        for (artifact, cpu), (guest, arm, seconds) in zip(runs, results, strict=True):
+            name = artifact.path.name
+            x86, x86_info, x86_fid = host[name]
+            if arm is None:
+                runtime = "LiteRT" if artifact.format == "tflite" else "onnxruntime"
+                raise UserError(
+                    f"{name} cannot be run by the aarch64 {runtime} on {cpu} ({guest.get('error', 'no result')}); "
+                    f"check it runs on the host ('edgekit profile {root} --runner host') and re-export it ('edgekit export --force')"
+                )
+            row: dict[str, Any] = {
+                "artifact": name,
+                "format": artifact.format,
+                "precision": artifact.precision,
+                "cpu": cpu,
+                "emulated_wall_seconds": round(seconds, 1),
+                "guest": {k: v for k, v in guest.items() if k not in ("outputs",)},
+                "cpu_features": _features(guest),
+                "x86": x86_info,
+                "x86_vs_teacher": x86_fid,
+            }
+            if artifact.format == "tflite":
+                row["xnnpack"] = {
+                    "arm": guest.get("xnnpack_delegated_nodes"),
+                    "x86": x86_info.get("xnnpack_delegated_nodes"),
+                    "nodes": guest.get("nodes", x86_info.get("nodes")),
+                    "expected": True,
+                    "requested": xnnpack,
                 }
-                if artifact.format == "tflite":
-                    row["xnnpack"] = {
-                        "arm": guest.get("xnnpack_delegated_nodes"),
-                        "x86": x86_info.get("xnnpack_delegated_nodes"),
-                        "nodes": guest.get("nodes", x86_info.get("nodes")),
-                        "expected": True,
-                        "requested": xnnpack,
-                    }
-                if arm is None:
-                    runtime = "LiteRT" if artifact.format == "tflite" else "onnxruntime"
-                    raise UserError(
-                        f"{name} cannot be run by the aarch64 {runtime} on {cpu} ({guest.get('error', 'no result')}); "
-                        f"check it runs on the host ('edgekit profile {root} --runner host') and re-export it ('edgekit export --force')"
-                    )
-                arm_outputs[cpu] = arm
-                row["arm_vs_teacher"] = fidelity(teacher.task, reference, arm.reshape(len(arm), -1))
-                row["arm_vs_x86"] = compare(arm, x86)
-                row["failures"] = check_row(artifact.format, artifact.precision, guest, row["arm_vs_x86"])
-                row["status"] = "fail" if row["failures"] else "pass"
-                failures += [f"{name} on {cpu}: {f}" for f in row["failures"]]
-                rows.append(row)
-            spread = None
-            if len(arm_outputs) > 1:
-                values = list(arm_outputs.values())
-                spread = max(float(np.abs(v.astype(np.float64) - values[0]).max()) for v in values[1:])
+            arm_outputs.setdefault(name, {})[cpu] = arm
+            row["arm_vs_teacher"] = fidelity(teacher.task, reference, arm.reshape(len(arm), -1))
+            row["arm_vs_x86"] = compare(arm, x86)
+            row["failures"] = check_row(artifact.format, artifact.precision, guest, row["arm_vs_x86"])
+            row["status"] = "fail" if row["failures"] else "pass"
+            failures += [f"{name} on {cpu}: {f}" for f in row["failures"]]
+            rows.append(row)
+        for name, (_x86_out, _info, x86_fid) in host.items():
+            values = list(arm_outputs.get(name, {}).values())
+            spread = max((float(np.abs(v.astype(np.float64) - values[0]).max()) for v in values[1:]), default=None)
             per_artifact[name] = {"x86_vs_teacher": x86_fid, "max_abs_between_cpus": spread}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -382,6 +396,7 @@ def verify_arm(
         "failures": failures,
         "passed": not failures,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "parallel_emulator_processes": jobs,
     }
     json_path, html_path = _write(root, arch, data)
     result = ArmVerifyResult(data, json_path, html_path, failures)
