@@ -189,15 +189,13 @@ def _x86(artifact, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str,
 # guest side
 
 
-def _die_with_parent() -> None:
-    """Linux: the emulator gets SIGKILL when edgekit dies (a killed verify must not leave minutes of emulation running)."""
-    import ctypes
-    import signal
+def _die_with_parent(cmd: list[str]) -> list[str]:
+    """The emulator gets SIGKILL when edgekit dies (a killed verify must not leave minutes of emulation running).
 
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    util-linux `setpriv --pdeathsig` sets it in the child itself: a Python `preexec_fn` is unsafe in threads.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else cmd
 
 
 def _run_guest(
@@ -221,12 +219,11 @@ def _run_guest(
     )
     try:
         proc = subprocess.run(
-            env.guest_command(GUEST_SCRIPT, str(request)),
+            _die_with_parent(env.guest_command(GUEST_SCRIPT, str(request))),
             capture_output=True,
             text=True,
             env=env.guest_env(cpu),
             timeout=timeout,
-            preexec_fn=_die_with_parent,
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"the emulated run did not finish in {timeout:.0f} s"}, None
