@@ -14,7 +14,10 @@ Checks, each a FAILURE when it does not hold (exit 3, report still written):
 - the guest saw an aarch64 CPU (QEMU < 8 leaked the host's x86 /proc/cpuinfo);
 - TFLite: XNNPACK took over > 0 nodes (a run where the delegate was silently not applied is not a pass);
 - float artifacts (fp32/fp16): ARM vs x86 at round-off level (`FLOAT_TOLERANCE`);
-- int8 artifacts: ARM vs x86 cosine (min over texts) >= `INT8_MIN_COSINE`; the mismatch count is reported.
+- int8 artifacts: ARM and x86 int8 kernels legitimately round differently (measured on all-MiniLM-L6-v2: onnxruntime's
+  x86 AVX2 u8s8 path vs ARM's dot-product kernels, cosine down to 0.95 between them), so the ARM vs x86 difference and
+  mismatch count are reported, and the gate is on what the phone gets: ARM fidelity vs the teacher (mean cosine) must
+  not fall more than `INT8_MAX_FIDELITY_DROP` below x86's on the same texts (the figure the export report shows).
 Emulated timings are never reported as latency. Results go to `BUNDLE/verify/arm64.json|.html`,
 outside the manifest (like `profile`), written to temporary files and moved into place.
 """
@@ -48,8 +51,8 @@ DEFAULT_TEXTS = 16
 GUEST_SCRIPT = Path(__file__).resolve().parent / "arm_guest.py"
 #: fp32 / fp16-weight artifacts: ARM and x86 must agree to round-off: max |ARM - x86| <= this x max(1, max |x86|).
 FLOAT_TOLERANCE = 1e-4
-#: int8 artifacts: different int8 kernels may round an activation one step apart, but the outputs must stay this close.
-INT8_MIN_COSINE = 0.999
+#: int8 artifacts: ARM fidelity vs the teacher (mean cosine) may fall at most this far below x86's on the same texts.
+INT8_MAX_FIDELITY_DROP = 0.005
 #: An output element "mismatches" when |ARM - x86| > MISMATCH_REL x max |x86 output| (far above fp32 round-off,
 #: ~1e-6 here, and what one int8 quantization step off in an activation produces); for integer outputs: any difference.
 MISMATCH_REL = 1e-4
@@ -102,7 +105,13 @@ def compare(arm: np.ndarray, x86: np.ndarray) -> dict[str, Any]:
 
 
 def check_row(
-    fmt: str, precision: str, guest: dict[str, Any], arm_vs_x86: dict[str, Any] | None, xnnpack_expected: bool = True
+    fmt: str,
+    precision: str,
+    guest: dict[str, Any],
+    arm_vs_x86: dict[str, Any] | None,
+    arm_vs_teacher: dict[str, float] | None = None,
+    x86_vs_teacher: dict[str, float] | None = None,
+    xnnpack_expected: bool = True,
 ) -> list[str]:
     """The failures of one artifact x CPU run; [] means it passed. `guest` is the guest runner's JSON."""
     failures = []
@@ -119,8 +128,12 @@ def check_row(
             )
     if arm_vs_x86 is not None:
         if precision == "int8":
-            if arm_vs_x86["cosine_min"] < INT8_MIN_COSINE:
-                failures.append(f"int8 ARM vs x86 cosine min {arm_vs_x86['cosine_min']:.5f} < {INT8_MIN_COSINE}")
+            arm_cos, x86_cos = (arm_vs_teacher or {}).get("cosine_mean"), (x86_vs_teacher or {}).get("cosine_mean")
+            if arm_cos is not None and x86_cos is not None and arm_cos < x86_cos - INT8_MAX_FIDELITY_DROP:
+                failures.append(
+                    f"int8 on ARM is further from the teacher than on x86 (cosine mean {arm_cos:.5f} vs {x86_cos:.5f}, "
+                    f"allowed drop {INT8_MAX_FIDELITY_DROP})"
+                )
         else:
             limit = FLOAT_TOLERANCE * max(1.0, arm_vs_x86["x86_max_abs_value"])
             if arm_vs_x86["max_abs"] > limit:
@@ -376,7 +389,7 @@ def verify_arm(
             arm_outputs.setdefault(name, {})[cpu] = arm
             row["arm_vs_teacher"] = fidelity(teacher.task, reference, arm.reshape(len(arm), -1))
             row["arm_vs_x86"] = compare(arm, x86)
-            row["failures"] = check_row(artifact.format, artifact.precision, guest, row["arm_vs_x86"])
+            row["failures"] = check_row(artifact.format, artifact.precision, guest, row["arm_vs_x86"], row["arm_vs_teacher"], x86_fid)
             row["status"] = "fail" if row["failures"] else "pass"
             x = row.get("xnnpack")
             if x and x["arm"] and x["x86"] is not None and x["arm"] != x["x86"]:
@@ -407,7 +420,11 @@ def verify_arm(
             "and on this x86 host with the same runtime version; the teacher recomputed on the host from the manifest's source model. "
             "Linux aarch64 builds, not Android's (same kernel sources); NNAPI and GPU delegates are not covered."
         ),
-        "tolerances": {"float_max_abs_rel": FLOAT_TOLERANCE, "int8_min_cosine": INT8_MIN_COSINE, "mismatch_rel": MISMATCH_REL},
+        "tolerances": {
+            "float_max_abs_rel": FLOAT_TOLERANCE,
+            "int8_max_fidelity_drop": INT8_MAX_FIDELITY_DROP,
+            "mismatch_rel": MISMATCH_REL,
+        },
         "mismatch_definition": MISMATCH_DEFINITION,
         "environment": {k: info.get(k) for k in ("qemu", "versions", "rootfs", "mirror")} | {"home": str(env.home)},
         "rows": rows,
