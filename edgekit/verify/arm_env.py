@@ -389,18 +389,22 @@ def setup(
         ("wheels", lambda: _setup_wheels(env, say)),
     ):
         stamp = _stamp(env.home, name)
+        key = {"qemu": "qemu", "rootfs": "rootfs", "wheels": "versions"}[name]
         if (
             stamp.exists()
             and (name != "qemu" or env.qemu.exists())
             and (name != "rootfs" or env.python.exists())
             and (name != "wheels" or env.site.exists())
         ):
+            try:  # what the step found when it ran (its stamp keeps it)
+                info[key] = json.loads(stamp.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                pass
             step(name, "cached")
             continue
         step(name, "running")
-        result = fn()
-        info[{"qemu": "qemu", "rootfs": "rootfs", "wheels": "versions"}[name]] = result
-        stamp.write_text("ok\n")
+        info[key] = fn()
+        stamp.write_text(json.dumps(info[key]) + "\n", encoding="utf-8")
         step(name, "done")
     step("smoke test", "running")
     info["smoke"] = _smoke(env, say)
