@@ -341,9 +341,6 @@ def _print_arm(result) -> None:
     for r in result.data["rows"]:
         x = r.get("xnnpack") or {}
         nodes = f"{x.get('arm', '-')}/{x.get('x86', '-')}" if x else "n/a"
-        if r.get("error"):
-            table.add_row(r["artifact"], r["cpu"], nodes, "-", "-", "-", "-", "-", f"[red]FAIL[/red] {r['error']}")
-            continue
         c = r["arm_vs_x86"]
         status = "[green]pass[/green]" if r["status"] == "pass" else "[red]FAIL[/red] " + "; ".join(r["failures"])
         table.add_row(
@@ -358,6 +355,9 @@ def _print_arm(result) -> None:
             status,
         )
     out.print(table)
+    for r in result.data["rows"]:
+        for note in r.get("notes", []):
+            out.print(f"note: {r['artifact']} on {r['cpu']}: {note}")
     out.print(f"mismatch: {result.data['mismatch_definition']}")
     out.print(
         f"emulated timings are not latency; wall time {result.data['wall_seconds']:.0f} s. report: {result.json_path}  {result.html_path}"
