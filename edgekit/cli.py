@@ -80,12 +80,19 @@ def export(
     allow_over_budget: Annotated[
         bool, typer.Option("--allow-over-budget", help="Exit 0 even when a device budget (size, fidelity) is missed.")
     ] = False,
+    arm: Annotated[
+        bool, typer.Option("--arm", help="Then run 'verify --arch arm64' on the bundle (the device's cores, 16 texts).")
+    ] = False,
 ) -> None:
     """Export the model for a device: every format x precision, verified against the teacher, as a bundle with a report."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgekit import api
 
+    if arm:  # say it before minutes of export, not after
+        from edgekit.verify.arm_env import require_env
+
+        require_env()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("starting", total=None)
         last: list[str] = []
@@ -116,6 +123,19 @@ def export(
     _print_summary(result.report)
     out.print(f"bundle: {result.out_dir}   report: {result.report_html}")
     out.print(f"app integration: {result.integration_md} (tokenizer test vectors: {result.out_dir / 'tokenizer_test_vectors.json'})")
+    if arm:
+        _verify_arm_after_export(result.out_dir, model)
+
+
+def _verify_arm_after_export(bundle: Path, model: Path | None) -> None:
+    """`export --arm`: the same check as `verify --arch arm64` on the fresh bundle (environment checked before the export)."""
+    from edgekit.verify.arm import ArmCheckFailed, verify_arm
+
+    with err.status("verifying on arm64 (emulated)") as status:
+        result = verify_arm(bundle, model=model, progress=lambda m: status.update(m), raise_on_failure=False)
+    _print_arm(result)
+    if result.failures:
+        raise ArmCheckFailed(result.failure_message())
 
 
 def _print_summary(report) -> None:
@@ -213,6 +233,135 @@ def devices(
             str(p.threads),
         )
     out.print(table)
+
+
+@app.command("setup-arm")
+def setup_arm(
+    force: Annotated[bool, typer.Option("--force", help="Redo every step, even those already done.")] = False,
+) -> None:
+    """Prepare the aarch64 emulation environment for 'edgekit verify --arch arm64' (QEMU 10, arm64 Python, aarch64 runtimes)."""
+    import time
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from edgekit.verify.arm_env import STEPS, arm_home, setup
+
+    started = time.perf_counter()
+    err.print(f"preparing the arm64 environment in {arm_home()} (override with EDGEKIT_ARM_HOME)")
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=len(STEPS))
+        current = {"name": ""}
+
+        def step(name: str, state: str) -> None:
+            current["name"] = name
+            if state in ("done", "cached"):
+                err.print(f"[green]✓[/green] {name}" + (" (already done)" if state == "cached" else ""))
+                bar.advance(task)
+            bar.update(task, description=name)
+
+        def say(message: str) -> None:
+            bar.update(task, description=f"{current['name']}: {message}"[:150])
+
+        env = setup(force=force, say=say, step=step)
+    info = env.info()
+    out.print(
+        f"arm64 environment ready in {time.perf_counter() - started:.0f} s: {env.home} ({info.get('size_mb', '?')} MB); "
+        f"{info.get('qemu', '')}; guest runtimes {', '.join(f'{k} {v}' for k, v in info.get('versions', {}).items())}"
+    )
+
+
+@app.command("verify")
+def verify_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory written by 'edgekit export'.")],
+    arch: Annotated[
+        str, typer.Option("--arch", help="Architecture to check the artifacts' numerics on (arm64: QEMU user-mode emulation).")
+    ] = "arm64",
+    cpu: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cpu",
+            help="QEMU CPU models, comma-separated or repeated (e.g. cortex-a55,cortex-a76,neoverse-n1). Default: the device's cores.",
+        ),
+    ] = None,
+    max_texts: Annotated[
+        int, typer.Option("--max-texts", min=2, help="Verification texts (emulation: ~35 s per text for fp32 MiniLM, ~8 s for int8).")
+    ] = 16,
+    texts: Annotated[Path | None, typer.Option("--texts", help="Verification texts (.txt or directory). Default: samples/texts.")] = None,
+    artifact: Annotated[
+        list[str] | None, typer.Option("--artifact", help="Only these artifacts of the bundle (file names), comma-separated or repeated.")
+    ] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="The teacher directory, if it moved since the export.")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Emulator processes at a time. Default: cores, at most 4.")] = None,
+) -> None:
+    """Run every ONNX and TFLite artifact with the real aarch64 kernels under emulation; report ARM vs x86 vs teacher numerics."""
+    from edgekit.verify.arm import verify_arm
+
+    with err.status("verifying on arm64 (emulated)") as status:
+        result = verify_arm(
+            bundle,
+            cpus=_split(cpu),
+            arch=arch,
+            max_texts=max_texts,
+            texts=texts,
+            artifacts=_split(artifact),
+            model=model,
+            jobs=jobs,
+            progress=lambda m: status.update(m),
+            raise_on_failure=False,
+        )
+    _print_arm(result)
+    if result.failures:
+        from edgekit.verify.arm import ArmCheckFailed
+
+        raise ArmCheckFailed(result.failure_message())
+
+
+def _print_arm(result) -> None:
+    table = Table(title=f"ARM numerics (emulated, {result.data['n_texts']} texts) — {result.data['device']}")
+    cols = (
+        "artifact",
+        "cpu",
+        "XNNPACK nodes arm/x86",
+        "arm vs teacher cos mean",
+        "x86 vs teacher cos mean",
+        "arm-x86 max abs",
+        "arm-x86 cos min",
+        "mismatches",
+        "status",
+    )
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("artifact", "cpu", "status") else "right", no_wrap=col in ("artifact", "cpu"))
+    for r in result.data["rows"]:
+        x = r.get("xnnpack") or {}
+        nodes = f"{x.get('arm', '-')}/{x.get('x86', '-')}" if x else "n/a"
+        c = r["arm_vs_x86"]
+        status = "[green]pass[/green]" if r["status"] == "pass" else "[red]FAIL[/red] " + "; ".join(r["failures"])
+        table.add_row(
+            r["artifact"],
+            r["cpu"],
+            nodes,
+            f"{r['arm_vs_teacher']['cosine_mean']:.6f}",
+            f"{r['x86_vs_teacher']['cosine_mean']:.6f}",
+            f"{c['max_abs']:.3g}",
+            f"{c['cosine_min']:.8f}",
+            f"{c['mismatches']}/{c['elements']}",
+            status,
+        )
+    out.print(table)
+    for r in result.data["rows"]:
+        for note in r.get("notes", []):
+            out.print(f"note: {r['artifact']} on {r['cpu']}: {note}")
+    out.print(f"mismatch: {result.data['mismatch_definition']}")
+    out.print(
+        f"emulated timings are not latency; wall time {result.data['wall_seconds']:.0f} s. report: {result.json_path}  {result.html_path}"
+    )
 
 
 def main() -> None:
