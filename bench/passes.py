@@ -45,7 +45,14 @@ SETTINGS: list[tuple[str, list[tuple[str, dict]], bool]] = [
     ("svd energy=0.9", [("svd", {"energy": 0.9})], False),
     ("svd energy=0.99 whiten", [("svd", {"energy": 0.99, "whiten": True})], False),
     ("embed-factorize rank=128", [("embed-factorize", {"rank": 128})], False),
+    ("prune-weights sparsity=0.5", [("prune-weights", {"sparsity": 0.5})], False),
+    ("palettize bits=4 (encoder)", [("palettize", {"bits": 4})], False),
+    ("palettize bits=4 group=16 (encoder)", [("palettize", {"bits": 4, "granularity": "group", "group_size": 16})], False),
+    ("vocab-prune (calibration texts)", [("vocab-prune", {})], True),
+    ("token-skip keep=0.5@2", [("token-skip", {"keep": "0.5@2"})], True),
 ]
+#: settings whose Core ML fp16 export is also written (size + weight round-trip; prediction needs macOS)
+COREML = {"teacher", "prune-weights sparsity=0.5", "palettize bits=4 (encoder)", "vocab-prune (calibration texts)"}
 _COUNTED_OPS = ("MatMul", "Gemm", "FULLY_CONNECTED")
 LATENCY_TEXT = "The quick brown fox jumps over the lazy dog near the riverbank."
 
@@ -54,6 +61,25 @@ def _run_all(runtime, inputs: dict[str, np.ndarray]) -> np.ndarray:
     n = len(inputs["input_ids"])
     rows = [next(iter(runtime.run({k: v[i : i + 1] for k, v in inputs.items()}).values())) for i in range(n)]
     return np.concatenate(rows).astype(np.float32)
+
+
+def _coreml_row(label: str, model, teacher, one: dict[str, np.ndarray], out: Path) -> dict:
+    """Core ML fp16 (iOS16): size on disk and the weight round-trip against the torch model (prediction needs macOS)."""
+    from converters.coreml import weight_roundtrip
+
+    art = get_converter("coreml").lower(model, teacher.export_spec("fp16", one, deployment_target="iOS16"), out)
+    size, emb = art.size_bytes(), art.embedding_bytes
+    return {
+        "method": label,
+        "format": "coreml",
+        "precision": "fp16",
+        "size_mb": size / 1e6,
+        "size_without_embeddings_mb": None if emb is None else (size - emb) / 1e6,
+        "weight_roundtrip": weight_roundtrip(art, model).summary(),
+        "ops": {k: v for k, v in art.ops.items() if k.startswith("constexpr")},
+        "notes": art.notes,
+        "fidelity": "not run: Core ML prediction needs macOS",
+    }
 
 
 def _markdown(rows: list[dict], n_eval: int) -> str:
@@ -78,6 +104,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds per model")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per round (after 3 warm-up runs)")
     parser.add_argument("--tflite", choices=["all", "some", "none"], default="some", help="which settings also export TFLite fp32")
+    parser.add_argument("--coreml", action=argparse.BooleanOptionalAction, default=True, help="Core ML fp16 size + weight round-trip")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "passes.json")
     args = parser.parse_args()
     console = Console(width=200)
@@ -95,6 +122,7 @@ def main() -> None:
     base_params = sum(p.numel() for p in teacher.module.parameters())
 
     rows: list[dict] = []
+    coreml_rows: list[dict] = []
     runtimes: dict[tuple[str, str], object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, steps, some_tflite in SETTINGS:
@@ -114,16 +142,30 @@ def main() -> None:
                         for i in range(0, len(eval_texts), 25)
                     ]
                 )
+            # a pass that rewrote the vocabulary ships its own tokenizer: the student reads its own ids
+            student_inputs, student_one = eval_inputs, one
+            if ctx.tokenizer is not None:
+                from dataclasses import replace
+
+                shipped = replace(teacher, tokenizer=ctx.tokenizer)
+                student_inputs, student_one = shipped.tokenize(eval_texts, SEQ_LEN), shipped.tokenize([LATENCY_TEXT], SEQ_LEN)
+                with torch.no_grad():
+                    torch_out = np.concatenate(
+                        [
+                            model(**{k: torch.from_numpy(v[i : i + 25]) for k, v in student_inputs.items()}).numpy()
+                            for i in range(0, len(eval_texts), 25)
+                        ]
+                    )
             torch_cos = cosine_rows(reference, torch_out)
             formats = ["onnx"] + (["tflite"] if args.tflite == "all" or (args.tflite == "some" and some_tflite) else [])
             for fmt in formats:
                 conv = get_converter(fmt)
-                spec = teacher.export_spec("fp32", one)
+                spec = teacher.export_spec("fp32", student_one)
                 started = time.perf_counter()
                 art = conv.lower(model, spec, Path(tmp) / f"{label.replace(' ', '_')}-{fmt}")
                 export_s = time.perf_counter() - started
                 runtime = conv.runtime(art, 1)
-                got = _run_all(runtime, eval_inputs)
+                got = _run_all(runtime, student_inputs)
                 cos = cosine_rows(reference, got)
                 runtimes[(label, fmt)] = runtime
                 size = art.size_bytes()
@@ -149,6 +191,9 @@ def main() -> None:
                     }
                 )
                 console.print(f"  {fmt}: {size / 1e6:.1f} MB, mean cosine {cos.mean():.4f}, exported in {export_s:.1f} s")
+            if args.coreml and label in COREML:
+                coreml_rows.append(_coreml_row(label, model, teacher, student_one, Path(tmp) / f"{label.replace(' ', '_')}-coreml"))
+                console.print(f"  coreml fp16: {coreml_rows[-1]['size_mb']:.1f} MB, {coreml_rows[-1]['weight_roundtrip']}")
 
         # Latency: interleaved rounds over every artifact, 1 thread, [1, 128] input.
         console.print("timing (interleaved rounds)...")
@@ -183,6 +228,15 @@ def main() -> None:
         )
     console.print(table)
     print(_markdown(rows, len(eval_texts)))
+    if coreml_rows:
+        base_coreml = next((r["size_mb"] for r in coreml_rows if r["method"] == "teacher"), None)
+        print("\n| method | Core ML fp16 MB | without embeddings MB | % of fp16 teacher | weight round-trip |")
+        print("| --- | ---: | ---: | ---: | --- |")
+        for r in coreml_rows:
+            r["size_pct_of_teacher"] = None if base_coreml is None else 100.0 * r["size_mb"] / base_coreml
+            pct = "-" if r["size_pct_of_teacher"] is None else f"{r['size_pct_of_teacher']:.0f}%"
+            no_emb = "-" if r["size_without_embeddings_mb"] is None else f"{r['size_without_embeddings_mb']:.1f}"
+            print(f"| {r['method']} | {r['size_mb']:.1f} | {no_emb} | {pct} | {r['weight_roundtrip']} |")
     result = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "teacher": teacher.name,
@@ -194,6 +248,7 @@ def main() -> None:
         f"passes calibrated on the other {len(calib_texts)}; no fine-tuning",
         "host": host_description() | {"load_average": os.getloadavg()},
         "rows": rows,
+        "coreml": coreml_rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str))
