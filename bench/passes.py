@@ -135,13 +135,6 @@ def main() -> None:
             pass_s = time.perf_counter() - started
             model.eval()
             params = sum(p.numel() for p in model.parameters())
-            with torch.no_grad():
-                torch_out = np.concatenate(
-                    [
-                        model(**{k: torch.from_numpy(v[i : i + 25]) for k, v in eval_inputs.items()}).numpy()
-                        for i in range(0, len(eval_texts), 25)
-                    ]
-                )
             # a pass that rewrote the vocabulary ships its own tokenizer: the student reads its own ids
             student_inputs, student_one = eval_inputs, one
             if ctx.tokenizer is not None:
@@ -149,13 +142,13 @@ def main() -> None:
 
                 shipped = replace(teacher, tokenizer=ctx.tokenizer)
                 student_inputs, student_one = shipped.tokenize(eval_texts, SEQ_LEN), shipped.tokenize([LATENCY_TEXT], SEQ_LEN)
-                with torch.no_grad():
-                    torch_out = np.concatenate(
-                        [
-                            model(**{k: torch.from_numpy(v[i : i + 25]) for k, v in student_inputs.items()}).numpy()
-                            for i in range(0, len(eval_texts), 25)
-                        ]
-                    )
+            with torch.no_grad():
+                torch_out = np.concatenate(
+                    [
+                        model(**{k: torch.from_numpy(v[i : i + 25]) for k, v in student_inputs.items()}).numpy()
+                        for i in range(0, len(eval_texts), 25)
+                    ]
+                )
             torch_cos = cosine_rows(reference, torch_out)
             formats = ["onnx"] + (["tflite"] if args.tflite == "all" or (args.tflite == "some" and some_tflite) else [])
             for fmt in formats:
