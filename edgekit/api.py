@@ -204,6 +204,8 @@ def export(
     latency_repeats: int = 30,
     allow_over_budget: bool = False,
     progress: Progress | None = None,
+    corpus: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> ExportResult:
     """Export `model` (default: the embedded teacher) for `device`; see `edgekit export --help`."""
     say = progress or (lambda _msg: None)
@@ -232,7 +234,7 @@ def export(
 
     # Passes work on a copy: the teacher stays the untouched reference every artifact is compared with.
     student = copy.deepcopy(teacher.module) if parsed.passes else teacher.module
-    ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len)
+    ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len, corpus=corpus, checkpoint_dir=checkpoint_dir)
     for step, pass_ in zip(parsed.passes, passes, strict=True):
         say(f"pass {step.name}")
         student = pass_.apply(student, ctx)

@@ -29,6 +29,10 @@ class PassContext:
     profile: Any
     seq_len: int
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: training corpus for passes that learn (distill): a .txt file or directory; None = the shipped samples
+    corpus: Any = None
+    #: where learning passes keep checkpoints; None = their default cache directory
+    checkpoint_dir: Any = None
 
 
 class Pass(ABC):
