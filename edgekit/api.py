@@ -23,7 +23,7 @@ from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, writ
 from edgekit.errors import BudgetError, UserError
 from edgekit.integration import INTEGRATION_FILE, write_app_assets
 from edgekit.model import Teacher, load_teacher, parameter_counts
-from edgekit.passes import PassContext, get_pass
+from edgekit.passes import PassContext, check_recipe_order, get_pass
 from edgekit.profiles import DeviceProfile, all_profiles, load_profile
 from edgekit.recipe import PRECISIONS, Recipe, parse_recipe
 from edgekit.report.html import write_html
@@ -215,6 +215,7 @@ def export(
     converters = {fmt: get_converter(fmt) for fmt in chosen_formats}
     chosen_precisions = _resolve_precisions(profile, parsed, precisions)
     passes = [get_pass(step.name, step.options) for step in parsed.passes]  # bad configs fail before any work
+    check_recipe_order([(step.name, p) for step, p in zip(parsed.passes, passes, strict=True)])
     for conv in converters.values():
         for p in chosen_precisions:
             conv.check_precision(p)

@@ -175,7 +175,8 @@ def compress(
         if d:
             b, a = d["heldout_before"], d["heldout_after"]
             key = "cosine_mean" if "cosine_mean" in a else "top1_agreement"
-            line += f"; held-out {key} {b[key]:.4f} -> {a[key]:.4f} on {d['heldout_texts']} texts; trained {d['train_seconds']:.0f} s"
+            line += f"; held-out {key} {b[key]:.4f} -> {a[key]:.4f} on {d['heldout_texts']} texts"
+            line += f"; trained {d['train_seconds']:.0f} s wall ({d['train_cpu_seconds']:.0f} s CPU)"
         out.print(line)
     out.print(f"student: {result.out_dir}   export it with: edgekit export --model {result.out_dir}")
 

@@ -21,7 +21,7 @@ import torch
 from edgekit.bundle import check_target, staged_bundle, write_json
 from edgekit.errors import UserError
 from edgekit.model import Teacher, load_teacher, parameter_counts
-from edgekit.passes import PassContext, get_pass
+from edgekit.passes import PassContext, check_recipe_order, get_pass
 from edgekit.passes._saliency import find_encoder
 from edgekit.recipe import parse_recipe
 
@@ -108,6 +108,7 @@ def compress(
             "drop them here and pass them to edgekit export"
         )
     passes = [(step, get_pass(step.name, step.options)) for step in parsed.passes]
+    check_recipe_order([(step.name, p) for step, p in passes])
     _check_savable(passes)
     out_dir = Path(out) if out is not None else Path("out") / "student"
     check_target(out_dir, force)

@@ -83,6 +83,8 @@ class Result:
     heldout_before: dict[str, float]
     heldout_after: dict[str, float]
     train_seconds: float
+    #: CPU time of this process while training: comparable across runs when other jobs share the cores
+    train_cpu_seconds: float
     epochs_run: int
     resumed_from: dict[str, int] | None
     history: list[dict[str, float]]
@@ -219,20 +221,24 @@ class Trainer:
         state = self.latest() if p.resume else None
         if state is not None:
             self._restore(state)
-            before, seconds = state["heldout_before"], state["train_seconds"]
+            before, seconds, cpu = state["heldout_before"], state["train_seconds"], state.get("train_cpu_seconds", 0.0)
             start_epoch, start_step = state["epoch"], state["step"]
             resumed = {"epoch": start_epoch, "step": start_step}
         else:
-            before, seconds, start_epoch, start_step, resumed = evaluate(), 0.0, 0, 0, None
+            before, seconds, cpu, start_epoch, start_step, resumed = evaluate(), 0.0, 0.0, 0, 0, None
             torch.manual_seed(p.seed)
         console = p.console or Console(stderr=True)
         epoch, step = start_epoch, start_step
         metrics = p.history[-1] if p.history else {}
         last_loss = float("nan")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
 
         def extra() -> dict[str, Any]:
-            return {"heldout_before": before, "train_seconds": seconds + time.perf_counter() - started}
+            return {
+                "heldout_before": before,
+                "train_seconds": seconds + time.perf_counter() - started,
+                "train_cpu_seconds": cpu + time.process_time() - cpu_started,
+            }
 
         total_steps = self.steps_per_epoch * p.epochs
         columns = (
@@ -285,11 +291,13 @@ class Trainer:
             )
             raise
         p.student.eval()
+        spent = extra()
         after = evaluate()
         return Result(
             heldout_before=before,
             heldout_after=after,
-            train_seconds=extra()["train_seconds"],
+            train_seconds=spent["train_seconds"],
+            train_cpu_seconds=spent["train_cpu_seconds"],
             epochs_run=epoch - start_epoch,
             resumed_from=resumed,
             history=p.history,

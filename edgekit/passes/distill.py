@@ -22,6 +22,7 @@ reused, not retrained.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -71,7 +72,8 @@ class DistillConfig(PassConfig):
     train_embeddings: bool = Field(
         False, description="layers student: also train the embedding tables (off: unseen tokens keep the teacher's)"
     )
-    threads: int = Field(1, ge=1, description="torch threads while training; 1 by default: on a loaded machine 2 ran 16x slower (OpenMP oversubscription)")
+    #: 1 by default: on this shared 2-core host, 2 threads ran a tiny distillation 16x slower (OpenMP oversubscription under load)
+    threads: int = Field(1, ge=1, description="torch threads while training")
     checkpoint_dir: str | None = None
     resume: bool = True
 
@@ -114,6 +116,24 @@ class Distill(Pass):
         #: test hook called after each optimizer step with (epoch, step)
         self.on_step: StepHook | None = None
         self.console = None
+
+    #: passes that change the layer stack: the layers student maps its layers onto the teacher's, so they must come later
+    LAYER_CHANGING: ClassVar[tuple[str, ...]] = ("prune-layers", "distill")
+
+    def check_order(self, before: list[str], after: list[str]) -> None:
+        cfg: DistillConfig = self.config
+        if cfg.student == "layers":
+            clash = [n for n in before if n in self.LAYER_CHANGING]
+            if clash:
+                raise UserError(
+                    f"distill after {clash[0]}: the student's layers are mapped onto the teacher's, so distill must come "
+                    f"before {clash[0]} in the recipe, e.g. distill:layers=3+{clash[0]}"
+                )
+        elif after:
+            raise UserError(
+                f"{after[0]} cannot follow distill:student={cfg.student}: that student is not a transformer; "
+                "put transformer passes before distill or use the layers student"
+            )
 
     def extra_texts(self, heldout: set[str]) -> list[str]:
         """Training-only texts from `extra`, without any text that is also held out."""
@@ -238,6 +258,8 @@ class Distill(Pass):
                 "heldout_before": result.heldout_before,
                 "heldout_after": result.heldout_after,
                 "train_seconds": result.train_seconds,
+                "train_cpu_seconds": result.train_cpu_seconds,
+                "load_average_at_end": list(os.getloadavg()),
                 "wall_seconds_this_run": time.perf_counter() - started,
                 "epochs": cfg.epochs,
                 "epochs_run_this_time": result.epochs_run,

@@ -257,11 +257,36 @@ def test_compress_writes_a_student_export_can_load(tiny_model_dirs, corpus, tmp_
     from edgekit.model import load_teacher
 
     out = tmp_path / "student"
-    result = compress(
-        tiny_model_dirs["bert-embedding"], recipe="distill:layers=1,epochs=1,max_len=32", corpus=corpus, out=out, checkpoint_dir=tmp_path / "ck"
-    )
+    recipe = "distill:layers=1,epochs=1,max_len=32"
+    result = compress(tiny_model_dirs["bert-embedding"], recipe=recipe, corpus=corpus, out=out, checkpoint_dir=tmp_path / "ck")
     reloaded = load_teacher(out)
     assert reloaded.task == "embedding" and reloaded.pooling.normalize
     assert len(reloaded.module.encoder.encoder.layer) == 1
     assert result.records[0]["distill"]["heldout_after"]["cosine_mean"] > 0
     assert (out / "edgekit_compress.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "match"),
+    [
+        ("prune-layers:keep=4+distill:layers=2", "before prune-layers"),
+        ("distill:layers=2+distill:layers=1", "before distill"),
+        ("distill:student=cnn+prune-heads:0.25", "not a transformer"),
+    ],
+)
+def test_recipe_order_is_checked_before_any_work(recipe, match):
+    from edgekit.passes import check_recipe_order
+    from edgekit.recipe import parse_recipe
+
+    steps = [(s.name, get_pass(s.name, s.options)) for s in parse_recipe(recipe).passes]
+    with pytest.raises(UserError, match=match):
+        check_recipe_order(steps)
+
+
+def test_compatible_compound_recipe_passes_the_order_check():
+    from edgekit.passes import check_recipe_order
+    from edgekit.recipe import parse_recipe
+
+    parsed = parse_recipe("distill:layers=3+prune-heads:0.25+int8")
+    check_recipe_order([(s.name, get_pass(s.name, s.options)) for s in parsed.passes])
+    assert parsed.precisions == ["int8"]
