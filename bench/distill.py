@@ -39,8 +39,8 @@ from edgekit.verify.latency import host_description, time_runs
 
 SEQ_LEN = 128
 LATENCY_TEXT = "The quick brown fox jumps over the lazy dog near the riverbank."
-DEFAULT_RECIPE = "distill:mapping=0,4,5,lr=0.0005,epochs=2,extra=stdlib,extra_limit=6000"
-DEFAULT_SMALL = "epochs=3,extra=stdlib,extra_limit=3000"
+DEFAULT_RECIPE = "distill:layers=3"
+DEFAULT_SMALL = "epochs=8,augment_copies=1"
 
 
 def _run_all(runtime, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -4,6 +4,9 @@ The held-out texts are chosen once per (corpus, seed) after removing duplicate l
 duplicate of it) is ever both trained on and used to measure fidelity; augmentation only ever draws from
 the training side.
 
+`swap` replaces about a fifth of the words with words drawn from other training texts, so known sentence
+shapes meet words in contexts the corpus never put them in.
+
 Augmentation works on the text, so the teacher labels each variant itself (its output on the changed text
 is the target, not the original's): `dropout` drops words, `mask` replaces a short span of words with the
 mask token, `mix` joins two training texts (a longer input with new context for every token). Each adds
@@ -21,7 +24,7 @@ import torch
 from edgekit.errors import UserError
 from edgekit.verify.texts import load_texts
 
-AUGMENTATIONS = ("dropout", "mask", "mix")
+AUGMENTATIONS = ("dropout", "mask", "mix", "swap")
 
 
 def load_corpus(path: str | Path | None) -> list[str]:
@@ -56,6 +59,8 @@ def augment(text: str, kind: str, rng: random.Random, pool: list[str], mask_toke
         span = min(len(words), rng.randint(1, 3))
         start = rng.randrange(len(words) - span + 1)
         return " ".join(words[:start] + [mask_token] + words[start + span :])
+    if kind == "swap" and words and pool:
+        return " ".join(rng.choice(rng.choice(pool).split() or [w]) if rng.random() < 0.2 else w for w in words)
     if kind == "mix" and pool:
         other = rng.choice(pool)
         return f"{text} {other}" if rng.random() < 0.5 else f"{other} {text}"

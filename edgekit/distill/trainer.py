@@ -73,6 +73,9 @@ class Plan:
     key: str
     resume: bool = True
     threads: int = 2
+    dropout: bool = False
+    #: train through int8 fake quantization of the layer Linears (see `edgekit/distill/qat.py`)
+    qat: bool = False
     on_step: StepHook | None = None
     console: Console | None = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -116,6 +119,12 @@ def _headline(task: str, metrics: dict[str, float]) -> str:
 class Trainer:
     def __init__(self, plan: Plan) -> None:
         self.p = plan
+        self._qat = None
+        if plan.qat:  # before the optimizer exists, so it holds the parameters the fake-quantized forward uses
+            from edgekit.distill.qat import fake_quant
+
+            self._qat = fake_quant(plan.student)
+            self._qat.__enter__()
         self.params = [q for q in plan.student.parameters() if q.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=plan.lr, weight_decay=plan.weight_decay)
         self.steps_per_epoch = len(
@@ -205,6 +214,9 @@ class Trainer:
             return self._run()
         finally:
             torch.set_num_threads(previous_threads)
+            if self._qat is not None:
+                self._qat.__exit__(None, None, None)  # float weights stay: an ordinary model again
+                self._qat = None
 
     def _run(self) -> Result:
         p = self.p
@@ -260,7 +272,7 @@ class Trainer:
                     loss="-",
                     held=held_text,
                 )
-                p.student.train()
+                p.student.train(p.dropout)  # without dropout the student fits the teacher's deterministic outputs directly
                 while epoch < p.epochs:
                     texts = epoch_texts(p.train, p.augment, p.augment_copies, p.seed, epoch, self.mask_token)
                     for chunk in bucketed_batches(texts, p.batch_size, p.seed, epoch)[step:]:

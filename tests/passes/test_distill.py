@@ -108,6 +108,7 @@ def test_layer_mappings():
     assert resolve_mapping(6, 2, None, "last") == [4, 5]
     assert resolve_mapping(6, 2, None, "first") == [0, 1]
     assert resolve_mapping(6, None, [0, 4, 5], "skip") == [0, 4, 5]
+    assert get_pass("distill", {"layers": 3}).config.init == "output"  # greedy, measured on training texts
     for layers, mapping in ((7, None), (0, None), (None, [0, 6]), (None, [3, 1]), (2, [0, 1, 2])):
         with pytest.raises(UserError):
             resolve_mapping(6, layers, mapping, "skip")
@@ -118,6 +119,17 @@ def test_heldout_split_is_disjoint_and_seeded():
     train, held = split_heldout(texts, 0.2, seed=3)
     assert len(held) == 10 and not set(train) & set(held) and sorted(train + held) == sorted(texts)
     assert split_heldout(texts, 0.2, seed=3) == (train, held)
+
+
+def test_augmentations_draw_only_from_training_texts():
+    from edgekit.distill.data import epoch_texts
+
+    train = [f"train sentence number {i} with words" for i in range(20)]
+    a = epoch_texts(train, ["swap", "mix", "dropout", "mask"], 2, seed=0, epoch=1, mask_token="[MASK]")
+    assert a == epoch_texts(train, ["swap", "mix", "dropout", "mask"], 2, seed=0, epoch=1, mask_token="[MASK]")  # exact resume
+    assert len(a) == 60 and set(train) <= set(a)
+    vocab = {w for t in train for w in t.split()} | {"[MASK]"}
+    assert all(set(t.split()) <= vocab for t in a)  # nothing from outside the training side
 
 
 @pytest.mark.parametrize(
@@ -133,7 +145,7 @@ def test_bad_options(options):
 
 
 def _distill(helper, corpus, ckpt, on_step=None, **options):
-    pass_ = get_pass("distill", {"epochs": 6, "lr": 2e-3, "batch_size": 16, "max_len": SEQ} | options)
+    pass_ = get_pass("distill", {"epochs": 6, "lr": 2e-3, "batch_size": 16, "max_len": SEQ, "augment": []} | options)
     pass_.on_step = on_step
     ctx = _ctx(helper.teacher, corpus, ckpt)
     model = pass_.apply(copy.deepcopy(helper.teacher.module), ctx)
@@ -257,7 +269,7 @@ def test_compress_writes_a_student_export_can_load(tiny_model_dirs, corpus, tmp_
     from edgekit.model import load_teacher
 
     out = tmp_path / "student"
-    recipe = "distill:layers=1,epochs=1,max_len=32"
+    recipe = "distill:layers=1,epochs=1,max_len=32,augment_copies=0"
     result = compress(tiny_model_dirs["bert-embedding"], recipe=recipe, corpus=corpus, out=out, checkpoint_dir=tmp_path / "ck")
     reloaded = load_teacher(out)
     assert reloaded.task == "embedding" and reloaded.pooling.normalize
@@ -290,3 +302,29 @@ def test_compatible_compound_recipe_passes_the_order_check():
     parsed = parse_recipe("distill:layers=3+prune-heads:0.25+int8")
     check_recipe_order([(s.name, get_pass(s.name, s.options)) for s in parsed.passes])
     assert parsed.precisions == ["int8"]
+
+
+def test_fake_quant_is_straight_through_and_leaves_a_float_model(helpers):
+    from edgekit.distill.qat import fake_quant, fake_quant_activation, fake_quant_weight, quantizable_linears
+
+    w = torch.randn(4, 16, requires_grad=True)
+    q = fake_quant_weight(w)
+    scale = w.detach().abs().amax(1, keepdim=True) / 127
+    assert torch.allclose(q / scale, (q / scale).round(), atol=1e-3)  # on the int8 grid
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+    x = torch.randn(3, 5)
+    assert (fake_quant_activation(x) - x).abs().max() <= (x.max() - x.min()) / 255
+    model = copy.deepcopy(helpers["bert-embedding"].teacher.module)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with fake_quant(model) as n:
+        assert n == len(quantizable_linears(model)) > 0
+        model(**{k: torch.from_numpy(v) for k, v in helpers["bert-embedding"].inputs.items()})
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_qat_distillation_trains_and_resumes_cleanly(helpers, corpus, tmp_path):
+    student, rec = _distill(helpers["bert-embedding"], corpus, tmp_path / "ck", mapping=[0, 3], epochs=1, lr=1e-4, qat=True)
+    assert not any("parametrizations" in k for k in student.state_dict())
+    assert rec["distill"]["heldout_after"]["cosine_mean"] > 0.9
