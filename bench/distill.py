@@ -1,7 +1,8 @@
 """Distilled students of all-MiniLM-L6-v2, measured in the exported artifacts.
 
-Rows: the teacher (reference), the 3-layer student (ONNX fp32, TFLite fp32, ONNX int8 = post-training dynamic
-quantization of the distilled student), and the CNN and BiLSTM students (ONNX fp32). For each: parameters,
+Rows: the teacher (reference), the 3-layer student (ONNX and TFLite fp32, and int8 = post-training dynamic
+quantization of the distilled student; with `--qat-student`, int8 after quantization-aware distillation), and the
+CNN and BiLSTM students (ONNX fp32). For each: parameters,
 artifact size with / without embedding tables, host latency speedup vs the fp32 ONNX teacher (1 thread,
 batch 1, seq 128, median of interleaved rounds) and mean / min cosine vs the PyTorch teacher on the held-out
 texts of the distill pass (the seeded split of samples/texts it never trained on).
@@ -64,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, help="3-layer student directory written by edgekit compress")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe that trains the 3-layer student when --student is not given")
+    parser.add_argument("--qat-student", type=Path, help="3-layer student after quantization-aware distillation")
     parser.add_argument("--small-recipe", default=DEFAULT_SMALL, help="distill options (after student=...) for the CNN and BiLSTM")
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
@@ -90,7 +92,11 @@ def main() -> None:
     else:
         student, record = _train(teacher, args.recipe, console)
         info = {"recipe": args.recipe, "records": [record]}
-    models.append(("layers (3)", student, info, [("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8")]))
+    models.append(("layers (3)", student, info, [("onnx", "fp32"), ("tflite", "fp32"), ("onnx", "int8"), ("tflite", "int8")]))
+    if args.qat_student:
+        meta = args.qat_student / "edgekit_compress.json"
+        qat_info = {"source": str(args.qat_student), "records": json.loads(meta.read_text()).get("passes") if meta.is_file() else None}
+        models.append(("layers (3) QAT", load_teacher(args.qat_student).module, qat_info, [("onnx", "int8"), ("tflite", "int8")]))
     if not args.skip_small:
         for kind in ("cnn", "bilstm"):
             console.print(f"[bold]{kind} student[/bold]")
@@ -120,7 +126,7 @@ def main() -> None:
                     {
                         "student": label,
                         "format": fmt,
-                        "precision": precision + (" (PTQ)" if precision == "int8" else ""),
+                        "precision": precision + ((" (QAT)" if "QAT" in label else " (PTQ)") if precision == "int8" else ""),
                         "parameters": counts["total"],
                         "parameters_non_embedding": counts["non_embedding"],
                         "size_mb": size / 1e6,

@@ -121,6 +121,10 @@ def compress(
     for _step, pass_ in passes:
         student = pass_.apply(student, ctx)
     student.eval()
+    from edgekit.distill import ddp
+
+    if not ddp.is_main():  # under torchrun every rank trains; rank 0 alone writes the student
+        return CompressResult(out_dir=out_dir, records=ctx.records, parameters=parameter_counts(student))
     with staged_bundle(out_dir, force) as staging:
         save_student(student, teacher, staging)
         err = _round_trip(student, staging, teacher, texts[:16])

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from edgekit.distill import losses
+from edgekit.distill import ddp, losses
 from edgekit.distill.capture import capture
 from edgekit.distill.data import batches, bucketed_batches, epoch_texts, tokenize
 from edgekit.errors import UserError
@@ -90,6 +90,7 @@ class Result:
     train_cpu_seconds: float
     epochs_run: int
     resumed_from: dict[str, int] | None
+    world_size: int
     history: list[dict[str, float]]
     checkpoint: Path
 
@@ -125,17 +126,27 @@ class Trainer:
 
             self._qat = fake_quant(plan.student)
             self._qat.__enter__()
+        self.rank, self.world = ddp.world()
+        self.forward = plan.student
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(plan.student)
         self.params = [q for q in plan.student.parameters() if q.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=plan.lr, weight_decay=plan.weight_decay)
-        self.steps_per_epoch = len(
-            bucketed_batches(epoch_texts(plan.train, plan.augment, plan.augment_copies, plan.seed, 0, "[MASK]"), plan.batch_size, 0, 0)
-        )
+        self.steps_per_epoch = len(self.my_batches(epoch_texts(plan.train, plan.augment, plan.augment_copies, plan.seed, 0, "[MASK]"), 0))
         total = max(1, self.steps_per_epoch * plan.epochs)
         warm = max(1, int(plan.warmup * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
         )
         self.mask_token = getattr(plan.tokenizer, "mask_token", None) or "[MASK]"
+
+    def my_batches(self, texts: list[str], epoch: int) -> list[list[str]]:
+        """This rank's batches of the epoch: every `world`-th, the same count on every rank (DDP steps in lockstep)."""
+        every = bucketed_batches(texts, self.p.batch_size, self.p.seed, epoch)
+        every = every[: max(1, len(every) // self.world) * self.world] if self.world > 1 else every
+        return every[self.rank :: self.world]
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _state(self, epoch: int, step: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -153,8 +164,10 @@ class Trainer:
 
     def save(self, name: str, epoch: int, step: int, extra: dict[str, Any]) -> Path:
         """Write atomically (temp file + rename), so an interrupt during the write never leaves a broken checkpoint."""
-        self.p.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.p.checkpoint_dir / name
+        if self.rank != 0:  # rank 0 writes for everyone
+            return path
+        self.p.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(self._state(epoch, step, extra), tmp)
         os.replace(tmp, path)
@@ -185,7 +198,7 @@ class Trainer:
         want_h, want_a, want_v = (bool(p.mapping) and w > 0 for w in (p.hidden_weight, p.attention_weight, p.value_weight))
         s_layers = list(range(len(p.mapping)))
         with capture(p.student, s_layers, want_h, want_a, want_v) as sc:
-            s_out = p.student(**batch)
+            s_out = self.forward(**batch)
         with torch.no_grad(), capture(p.teacher, p.mapping, want_h, want_a, want_v) as tc:
             t_out = p.teacher(**batch)
         mask = batch["attention_mask"]
@@ -263,7 +276,7 @@ class Trainer:
         )
         held_text = _headline(p.task, metrics) if metrics else _headline(p.task, before)
         try:
-            with Progress(*columns, console=console, transient=True) as bar:
+            with Progress(*columns, console=console, transient=True, disable=self.rank != 0) as bar:
                 task = bar.add_task(
                     "distill",
                     total=total_steps,
@@ -275,7 +288,7 @@ class Trainer:
                 p.student.train(p.dropout)  # without dropout the student fits the teacher's deterministic outputs directly
                 while epoch < p.epochs:
                     texts = epoch_texts(p.train, p.augment, p.augment_copies, p.seed, epoch, self.mask_token)
-                    for chunk in bucketed_batches(texts, p.batch_size, p.seed, epoch)[step:]:
+                    for chunk in self.my_batches(texts, epoch)[step:]:
                         batch = tokenize(p.tokenizer, chunk, p.max_len, p.with_token_types)
                         loss, _parts = self.loss(batch)
                         self.optimizer.zero_grad(set_to_none=True)
@@ -292,9 +305,10 @@ class Trainer:
                     p.history.append(metrics)
                     epoch, step = epoch + 1, 0
                     path = self.save(f"epoch-{epoch:03d}.pt", epoch, 0, extra())
-                    for old in p.checkpoint_dir.glob("*.pt"):  # one checkpoint on disk: the latest
+                    for old in p.checkpoint_dir.glob("*.pt") if self.rank == 0 else []:  # one checkpoint on disk: the latest
                         if old != path:
                             old.unlink(missing_ok=True)
+                    ddp.barrier()
                     bar.update(task, epoch=f"{min(epoch + 1, p.epochs)}/{p.epochs}", held=_headline(p.task, metrics))
         except KeyboardInterrupt:
             path = self.save("interrupted.pt", epoch, step, extra())
@@ -311,6 +325,7 @@ class Trainer:
             train_seconds=spent["train_seconds"],
             train_cpu_seconds=spent["train_cpu_seconds"],
             epochs_run=epoch - start_epoch,
+            world_size=self.world,
             resumed_from=resumed,
             history=p.history,
             checkpoint=p.checkpoint_dir,

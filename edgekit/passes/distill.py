@@ -296,6 +296,7 @@ class Distill(Pass):
                 "history": result.history,
                 "checkpoint_dir": str(result.checkpoint),
                 "threads": cfg.threads,
+                "processes": result.world_size,
             },
             "notes": notes,
         }

@@ -180,14 +180,19 @@ def test_layer_student_keeps_the_mapped_teacher_layers(helpers, corpus, tmp_path
 
 
 def test_classifier_distillation_lowers_kl(helpers, corpus, tmp_path):
-    _, rec = _distill(helpers["bert-classification"], corpus, tmp_path / "ck", layers=1, attention_weight=1.0, value_weight=1.0)
+    h = helpers["bert-classification"]
+    # the tiny random classifier's logits barely depend on the input (a layer-dropped copy is at KL ~1e-7), so the
+    # measurable case is the CNN student's random head; the layers run checks the attention/value losses train
+    _, rec = _distill(h, corpus, tmp_path / "cnn", student="cnn", width=32, layers=1)
     d = rec["distill"]
-    assert d["heldout_after"]["kl"] < d["heldout_before"]["kl"]
+    assert d["heldout_after"]["kl"] < 0.5 * d["heldout_before"]["kl"], d
+    _, rec = _distill(h, corpus, tmp_path / "layers", layers=1, epochs=1, lr=1e-4, attention_weight=1.0, value_weight=1.0)
+    assert math.isfinite(rec["distill"]["history"][-1]["loss"]) and rec["distill"]["heldout_after"]["top1_agreement"] >= 0.9
 
 
 def test_interrupt_saves_a_checkpoint_and_resume_continues_exactly(helpers, corpus, tmp_path):
     h = helpers["bert-embedding"]
-    opts = {"layers": 2, "epochs": 3}
+    opts = {"layers": 2, "epochs": 2}
 
     def interrupt(epoch: int, step: int) -> None:
         if (epoch, step) == (1, 2):
@@ -199,8 +204,8 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues_exactly(helpers, corp
     assert (saved["epoch"], saved["step"]) == (1, 2)
     resumed, rec = _distill(h, corpus, tmp_path / "ck", **opts)
     assert rec["distill"]["resumed_from"] == {"epoch": 1, "step": 2}
-    assert rec["distill"]["epochs_run_this_time"] == 2
-    assert not (tmp_path / "ck" / "interrupted.pt").exists() and (tmp_path / "ck" / "epoch-003.pt").exists()
+    assert rec["distill"]["epochs_run_this_time"] == 1
+    assert not (tmp_path / "ck" / "interrupted.pt").exists() and (tmp_path / "ck" / "epoch-002.pt").exists()
     straight, _ = _distill(h, corpus, tmp_path / "ck-straight", **opts)
     for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
@@ -328,3 +333,23 @@ def test_qat_distillation_trains_and_resumes_cleanly(helpers, corpus, tmp_path):
     student, rec = _distill(helpers["bert-embedding"], corpus, tmp_path / "ck", mapping=[0, 3], epochs=1, lr=1e-4, qat=True)
     assert not any("parametrizations" in k for k in student.state_dict())
     assert rec["distill"]["heldout_after"]["cosine_mean"] > 0.9
+
+
+@pytest.mark.slow  # two torchrun processes each import torch + transformers (~1 min on a loaded 2-core host)
+def test_ddp_two_processes_gloo(tiny_model_dirs, corpus, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out, ckpt = tmp_path / "student", tmp_path / "ck"
+    recipe = "distill:layers=1,epochs=2,max_len=32,augment_copies=0,batch_size=8"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "edgekit.cli"]
+    args = ["compress", "--recipe", recipe, "--corpus", str(corpus), "--model", str(tiny_model_dirs["bert-embedding"])]
+    args += ["--out", str(out), "--checkpoint-dir", str(ckpt)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / "edgekit_compress.json").read_text())["passes"][0]["distill"]
+    assert record["processes"] == 2 and record["epochs_run_this_time"] == 2
+    assert (ckpt / "epoch-002.pt").is_file()
