@@ -24,7 +24,7 @@ from edgekit.bundle import file_inventory, runtime_versions, staged_bundle, writ
 from edgekit.errors import BudgetError, UserError
 from edgekit.integration import INTEGRATION_FILE, write_app_assets
 from edgekit.model import Teacher, load_teacher, parameter_counts
-from edgekit.passes import PassContext, get_pass
+from edgekit.passes import PassContext, check_recipe_order, get_pass
 from edgekit.profiles import DeviceProfile, all_profiles, load_profile
 from edgekit.recipe import PRECISIONS, Recipe, parse_recipe
 from edgekit.report.html import write_html
@@ -253,6 +253,8 @@ def export(
     latency_repeats: int = 30,
     allow_over_budget: bool = False,
     progress: Progress | None = None,
+    corpus: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> ExportResult:
     """Export `model` (default: the embedded teacher) for `device`; see `edgekit export --help`."""
     say = progress or (lambda _msg: None)
@@ -262,6 +264,7 @@ def export(
     converters = {fmt: get_converter(fmt) for fmt in chosen_formats}
     chosen_precisions = _resolve_precisions(profile, parsed, precisions)
     passes = [get_pass(step.name, step.options) for step in parsed.passes]  # bad configs fail before any work
+    check_recipe_order([(step.name, p) for step, p in zip(parsed.passes, passes, strict=True)])
     for conv in converters.values():
         for p in chosen_precisions:
             conv.check_precision(p)
@@ -286,7 +289,7 @@ def export(
 
     # Passes work on a copy: the teacher stays the untouched reference every artifact is compared with.
     student = copy.deepcopy(teacher.module) if parsed.passes else teacher.module
-    ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len)
+    ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len, corpus=corpus, checkpoint_dir=checkpoint_dir)
     for step, pass_ in zip(parsed.passes, passes, strict=True):
         say(f"pass {step.name}")
         student = pass_.apply(student, ctx)

@@ -83,6 +83,12 @@ def export(
     arm: Annotated[
         bool, typer.Option("--arm", help="Then run 'verify --arch arm64' on the bundle (the device's cores, 16 texts).")
     ] = False,
+    corpus: Annotated[
+        Path | None, typer.Option("--corpus", help="Training texts for learning passes (distill): a .txt file or a directory of them.")
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Checkpoints of learning passes. Default: ~/.cache/edgekit/distill/<hash>.")
+    ] = None,
 ) -> None:
     """Export the model for a device: every format x precision, verified against the teacher, as a bundle with a report."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -117,6 +123,8 @@ def export(
             latency_repeats=repeats,
             allow_over_budget=allow_over_budget,
             progress=step,
+            corpus=corpus,
+            checkpoint_dir=checkpoint_dir,
         )
         if last:
             err.print(f"[green]✓[/green] {last[-1]}")
@@ -154,6 +162,43 @@ def _print_summary(report) -> None:
     if missed:
         for b in missed:
             err.print(f"[red]budget missed[/red]: {b.artifact} {b.budget} = {b.value:.4g} (limit {b.limit})")
+
+
+@app.command()
+def compress(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Passes to run, e.g. 'distill:layers=3' (precisions belong to export).")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Local Hugging Face model directory. Default: the embedded all-MiniLM-L6-v2 teacher."),
+    ] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option("--corpus", help="Training texts: a .txt file (one per line) or a directory of them. Default: samples/texts."),
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the student. Default: out/student.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing directory at --out.")] = False,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option("--checkpoint-dir", help="Training checkpoints (resume after Ctrl-C). Default: ~/.cache/edgekit/distill/<hash>."),
+    ] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Load pickle-only (pytorch_model.bin) checkpoints. Only for sources you trust.")
+    ] = False,
+) -> None:
+    """Run a recipe's passes (e.g. distillation) and save the student as a Hugging Face directory that 'export --model' reads."""
+    from edgekit.compress import compress as run
+
+    result = run(model, recipe=recipe, corpus=corpus, out=out_dir, force=force, checkpoint_dir=checkpoint_dir, allow_pickle=allow_pickle)
+    for rec in result.records:
+        d = rec.get("distill")
+        line = f"{rec['pass']}: parameters {rec['params_before']:,} -> {rec['params_after']:,}"
+        if d:
+            b, a = d["heldout_before"], d["heldout_after"]
+            key = "cosine_mean" if "cosine_mean" in a else "top1_agreement"
+            line += f"; held-out {key} {b[key]:.4f} -> {a[key]:.4f} on {d['heldout_texts']} texts"
+            line += f"; trained {d['train_seconds']:.0f} s wall ({d['train_cpu_seconds']:.0f} s CPU)"
+        out.print(line)
+    out.print(f"student: {result.out_dir}   export it with: edgekit export --model {result.out_dir}")
 
 
 @app.command("profile")

@@ -31,6 +31,10 @@ class PassContext:
     records: list[dict[str, Any]] = field(default_factory=list)
     #: set by passes that change the vocabulary (vocab-prune): the tokenizer the artifacts and the bundle use
     tokenizer: Any = None
+    #: training corpus for passes that learn (distill): a .txt file or directory; None = the shipped samples
+    corpus: Any = None
+    #: where learning passes keep checkpoints; None = their default cache directory
+    checkpoint_dir: Any = None
 
 
 class Pass(ABC):
@@ -47,6 +51,21 @@ class Pass(ABC):
     @abstractmethod
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         """Return the transformed model (torch in, torch out, same forward contract)."""
+
+    def check_order(self, before: list[str], after: list[str]) -> None:
+        """Raise `UserError` if this pass cannot run after the passes named in `before` or before those in `after`.
+
+        Called for every step before any pass runs, so a recipe in an impossible order fails in a second instead
+        of after minutes of training. Default: any order works.
+        """
+        return None
+
+
+def check_recipe_order(steps: list[tuple[str, Pass]]) -> None:
+    """Let each pass refuse its position in the recipe (see `Pass.check_order`)."""
+    names = [name for name, _ in steps]
+    for i, (_, pass_) in enumerate(steps):
+        pass_.check_order(names[:i], names[i + 1 :])
 
 
 _REGISTRY: dict[str, type[Pass]] = {}
