@@ -60,6 +60,14 @@ class EarlyExit(Pass):
         if config.criterion == "patience" and config.threshold is not None and config.threshold < 1:
             raise UserError("early-exit: patience threshold is a count of agreeing exits; use threshold=1 or more")
 
+    def check_order(self, before: list[str], after: list[str]) -> None:
+        """Dynamic models are not Hugging Face encoders any more: every other pass must run before this one."""
+        others = [n for n in after if n in ("early-exit", "token-skip")]
+        if others:
+            raise UserError(f"early-exit and {others[0]} cannot be combined in one recipe yet; keep one of them")
+        if after:
+            raise UserError(f"{after[0]} cannot follow early-exit: put early-exit last in the recipe, e.g. {after[0]}+early-exit:...")
+
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         cfg = self.config
         task = "embedding" if hasattr(model, "pooling") else "classification"

@@ -75,6 +75,14 @@ class TokenSkip(Pass):
         items = config.keep if config.keep is not None else config.threshold
         self.schedule = _parse_schedule(items or [], self.mode, 1.0 if self.mode == "keep" else None)
 
+    def check_order(self, before: list[str], after: list[str]) -> None:
+        """Dynamic models are not Hugging Face encoders any more: every other pass must run before this one."""
+        others = [n for n in after if n in ("early-exit", "token-skip")]
+        if others:
+            raise UserError(f"token-skip and {others[0]} cannot be combined in one recipe yet; keep one of them")
+        if after:
+            raise UserError(f"{after[0]} cannot follow token-skip: put token-skip last in the recipe, e.g. {after[0]}+token-skip:...")
+
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         skip = TokenSkipModel(model, self.schedule, self.mode)
         n_layers = skip.stages.num_layers

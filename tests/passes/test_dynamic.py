@@ -115,3 +115,17 @@ def test_threshold_token_skip_keeps_a_dynamic_count(helpers):
     row = {k: v[:1] for k, v in h.inputs.items()}
     # a tiny threshold keeps every real token: equals the teacher
     np.testing.assert_allclose(h.run(skip, row), h.run(inputs=row), atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("early-exit", {"layers": [2]}), ("prune-ffn", {"ratio": 0.5})],
+        [("token-skip", {"keep": "0.5@2"}), ("early-exit", {"layers": [2]})],
+    ],
+)
+def test_dynamic_passes_must_come_last(steps):
+    from edgekit.passes import check_recipe_order
+
+    with pytest.raises(UserError):
+        check_recipe_order([(name, get_pass(name, opts)) for name, opts in steps])
