@@ -91,6 +91,7 @@ def _export_segments(conv, model, spec: ExportSpec, workdir: Path) -> tuple[list
             # exit heads and their confidence stay fp32: int8 noise there moves exit decisions (measured on
             # all-MiniLM-L6-v2: 10% instead of 2% exits at layer 4, mean cosine 0.980 instead of 0.995)
             heads = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and "/heads." in n.name]
+            heads += [f"{name}_MatMul" for name in heads]  # the quantizer renames a Gemm to <name>_MatMul before excluding
             try:
                 conv._quantize_int8(proto, target, workdir, exclude=[name for _, k, name in keep if k == j] + heads)
                 quantized.append(onnx.load(str(target)))
