@@ -124,6 +124,7 @@ def main() -> None:
     rows: list[dict] = []
     coreml_rows: list[dict] = []
     runtimes: dict[tuple[str, str], object] = {}
+    latency_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, steps, some_tflite in SETTINGS:
             console.print(f"[bold]{label}[/bold]")
@@ -161,6 +162,7 @@ def main() -> None:
                 got = _run_all(runtime, student_inputs)
                 cos = cosine_rows(reference, got)
                 runtimes[(label, fmt)] = runtime
+                latency_inputs[(label, fmt)] = student_one
                 size = art.size_bytes()
                 emb = art.embedding_bytes
                 rows.append(
@@ -193,7 +195,8 @@ def main() -> None:
         medians: dict[tuple[str, str], list[float]] = {key: [] for key in runtimes}
         for _ in range(args.rounds):
             for key, runtime in runtimes.items():
-                medians[key].append(time_runs(lambda rt=runtime: rt.run(one), warmup=3, repeats=args.repeats)["median_ms"])
+                feed = latency_inputs[key]
+                medians[key].append(time_runs(lambda rt=runtime, feed=feed: rt.run(feed), warmup=3, repeats=args.repeats)["median_ms"])
     latency = {key: float(np.median(v)) for key, v in medians.items()}
     onnx_teacher = latency[("teacher", "onnx")]
     sizes = {r["format"]: r["size_mb"] for r in rows if r["method"] == "teacher"}
