@@ -9,7 +9,6 @@ ai-edge-quantizer recipe as every other TFLite artifact, applied to all subgraph
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -63,11 +62,11 @@ def lower_early_exit(conv, model, spec: ExportSpec, workdir: Path) -> Artifact:
         PRECISION_NOTES,
         SIGNATURE_KEY,
         SUFFIX,
-        _signature_specs,
         _tool_versions,
         check_builtin_ops,
         embedding_table_bytes,
         quantize_tflite,
+        write_flatbuffer,
     )
 
     conv.check_precision(spec.precision)
@@ -90,25 +89,14 @@ def lower_early_exit(conv, model, spec: ExportSpec, workdir: Path) -> Artifact:
         data = quantize_tflite(data, spec.precision)
     ops = check_builtin_ops(data)
     path = workdir / f"{spec.stem}{SUFFIX}"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.stem}.", suffix=SUFFIX + ".tmp", dir=workdir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        inputs, outputs, _ = _signature_specs(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    in_by_name = {t.name: t for t in inputs}
-    out_by_name = {t.name: t for t in outputs}
+    inputs, outputs = write_flatbuffer(data, spec, path)
     threshold = float(model.threshold[0])
     return Artifact(
         format=conv.format,
         precision=spec.precision,
         path=path,
-        inputs=[in_by_name[n] for n in spec.input_names],
-        outputs=[out_by_name[n] for n in spec.output_names],
+        inputs=inputs,
+        outputs=outputs,
         ops=ops,
         embedding_bytes=embedding_table_bytes(data),
         notes=[

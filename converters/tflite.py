@@ -327,6 +327,27 @@ def _signature_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], di
     return list(inputs.values()), list(outputs.values()), signatures
 
 
+def write_flatbuffer(data: bytes, spec: ExportSpec, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Write `data` to `path` atomically after the LiteRT interpreter has read back the signature `spec` names.
+
+    Returns the signature's inputs and outputs in the spec's order; nothing is left at `path` if the check fails.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.stem}.", suffix=SUFFIX + ".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        inputs, outputs, signatures = _signature_specs(tmp)
+        _check_names(spec, inputs, outputs, signatures)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    in_by_name = {t.name: t for t in inputs}
+    out_by_name = {t.name: t for t in outputs}
+    return [in_by_name[n] for n in spec.input_names], [out_by_name[n] for n in spec.output_names]
+
+
 @register_converter
 class TFLiteConverter(Converter):
     """PyTorch -> `.tflite` with litert-torch; fp16 / int8 with ai-edge-quantizer; builtin ops only."""
@@ -349,26 +370,13 @@ class TFLiteConverter(Converter):
         data = quantize_tflite(_torch_to_tflite_bytes(model, spec), spec.precision)
         ops = check_builtin_ops(data)  # raises before anything is written
 
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.stem}.", suffix=SUFFIX + ".tmp", dir=workdir)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            inputs, outputs, signatures = _signature_specs(tmp)
-            _check_names(spec, inputs, outputs, signatures)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-        in_by_name = {t.name: t for t in inputs}
-        out_by_name = {t.name: t for t in outputs}
+        inputs, outputs = write_flatbuffer(data, spec, path)
         return Artifact(
             format=self.format,
             precision=spec.precision,
             path=path,
-            inputs=[in_by_name[n] for n in spec.input_names],
-            outputs=[out_by_name[n] for n in spec.output_names],
+            inputs=inputs,
+            outputs=outputs,
             ops=ops,
             embedding_bytes=embedding_table_bytes(data),
             notes=[
