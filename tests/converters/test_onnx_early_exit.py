@@ -84,9 +84,13 @@ def test_middle_exit_and_default_threshold(teachers, sample_texts, tmp_path):
     with torch.no_grad():
         feed = {k: torch.from_numpy(v) for k, v in row.items()}
         p = [float(torch.softmax(model.forced(j)(**feed), -1).max()) for j in (0, 1)]
-    if p[1] > p[0]:
-        mid = (p[0] + p[1]) / 2
-        assert sess.run(None, row | {"exit_threshold": np.array([mid], np.float32)})[1].tolist() == [EXITS[1]]
+    # whichever exit is more confident: a threshold between the two must give the layer torch picks
+    mid = (p[0] + p[1]) / 2
+    model.threshold.fill_(mid)
+    with torch.no_grad():
+        expected = int(model(**feed)[1][0])
+    assert expected == (EXITS[1] if p[1] > p[0] else EXITS[0])
+    assert sess.run(None, row | {"exit_threshold": np.array([mid], np.float32)})[1].tolist() == [expected]
 
 
 def test_layers_after_an_exit_do_not_run(teachers, sample_texts, tmp_path):

@@ -61,9 +61,8 @@ def test_onnx_profile_times_add_up_and_find_both_layers(profiles, key):
     assert sum(layer.ms for layer in prof.by_layer) == pytest.approx(prof.op_total_ms)
     assert sum(o.share for o in prof.by_type) == pytest.approx(1.0)
     assert sum(o.nodes for o in prof.by_type) == len(prof.nodes)
-    # kernel times are what onnxruntime timed inside each model_run; the rest is the executor's overhead, whose
-    # share on a tiny model depends on machine load (measured 26% kernels under load, >30% quiet): no lower ratio here
-    assert 0 < prof.op_total_ms <= prof.total_ms * 1.001, (prof.op_total_ms, prof.total_ms)
+    # kernel times are what onnxruntime timed inside each model_run; the rest is the executor's overhead
+    assert 0.3 * prof.total_ms <= prof.op_total_ms <= prof.total_ms * 1.001, (prof.op_total_ms, prof.total_ms)
     names = [layer.name for layer in prof.by_layer]
     assert names == [EMBEDDINGS, "layer.0", "layer.1", HEAD]
     assert prof.layers_found == 2
