@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekit.errors import EdgekitError
+from edgekit.recipe import PRECISIONS
 
 app = typer.Typer(
     help="Compress a transformer text model and export it to ONNX, TFLite and Core ML for a named device, "
@@ -58,7 +59,7 @@ def export(
         typer.Option(
             "--precision",
             "-p",
-            help="Precisions (fp32, fp16, int8), comma-separated or repeated. Default: the recipe's, else the profile's.",
+            help="Precisions (" + ", ".join(PRECISIONS) + "), comma-separated or repeated. Default: the recipe's, else the profile's.",
         ),
     ] = None,
     recipe: Annotated[

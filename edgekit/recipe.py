@@ -1,8 +1,8 @@
 """Recipes: an ordered list of passes plus the precisions each converter lowers to.
 
 Shorthand, as typed on the command line: steps joined by '+', each `name`, `name:value` (the
-pass's primary option) or `name:key=value,key=value`; the precision words fp32 / fp16 / int8 are not passes but
-the precision intent every converter lowers natively. Example: `early-exit:layers=2+int8`.
+pass's primary option) or `name:key=value,key=value`; the precision words (`PRECISIONS`) are not passes but
+the precision intent every converter lowers natively, or refuses with a one-line error. Example: `early-exit:layers=2+int8`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ from typing import Any
 
 from edgekit.errors import UserError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+#: Precision words and what each means; a converter lists the ones it can lower in `Converter.precisions`.
+PRECISION_MEANINGS = {
+    "fp32": "float32 weights and activations",
+    "fp16": "float16 weights and activations (float32 inputs/outputs)",
+    "int8": "int8 weights, activations quantized at run time (dynamic range)",
+    "int8-static": "int8 weights and activations, activation ranges calibrated on sample texts (float fallbacks reported)",
+    "int8-weights": "weight-only int8 (per channel); activations stay float",
+    "int4-weights": "weight-only int4, block-wise where the format supports it; activations stay float",
+}
+PRECISIONS = tuple(PRECISION_MEANINGS)
 #: Key under which a bare value ("prune-ffn:0.5") is held until the pass says which option it means.
 PRIMARY = "__primary__"
 
