@@ -57,9 +57,8 @@ def _segment_feeds(model, spec: ExportSpec, rows: list[dict[str, np.ndarray]]) -
 
 def _export_segments(conv, model, spec: ExportSpec, workdir: Path) -> tuple[list, list[str]]:
     """ONNX protos of every segment, optimised and lowered to the precision; plus notes."""
-    import onnx
 
-    from converters.onnx import outlier_matmuls, torchscript_export
+    from converters.onnx import torchscript_export
 
     segs = model.segments()
     rows = [spec.example_inputs] + list(spec.calibration_inputs)
@@ -81,26 +80,19 @@ def _export_segments(conv, model, spec: ExportSpec, workdir: Path) -> tuple[list
         protos = [conv._to_fp16(p) for p in protos]
         notes.append("fp16 weights and activations inside every segment, fp32 at segment boundaries")
     elif spec.precision == "int8":
-        scored = []
-        for j, proto in enumerate(protos):
-            scored += [(score, j, name) for name, score in outlier_matmuls(proto, feeds[j][1:] or feeds[j], conv.keep_fp32_matmuls)]
-        keep = sorted(scored, reverse=True)[: conv.keep_fp32_matmuls]
+        from converters._onnx_int8 import quantize_int8
+
         quantized = []
         for j, proto in enumerate(protos):
-            target = workdir / f".{spec.stem}.seg{j}.int8.onnx"
             # exit heads and their confidence stay fp32: int8 noise there moves exit decisions (measured on
             # all-MiniLM-L6-v2: 10% instead of 2% exits at layer 4, mean cosine 0.980 instead of 0.995)
             heads = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and "/heads." in n.name]
             heads += [f"{name}_MatMul" for name in heads]  # the quantizer renames a Gemm to <name>_MatMul before excluding
-            try:
-                conv._quantize_int8(proto, target, workdir, exclude=[name for _, k, name in keep if k == j] + heads)
-                quantized.append(onnx.load(str(target)))
-            finally:
-                target.unlink(missing_ok=True)
+            segment, plan = quantize_int8(proto, feeds[j][1:] or feeds[j], workdir, exclude=heads, min_fidelity=spec.min_fidelity)
+            quantized.append(segment)
+            notes.extend(f"segment {j}: {note}" for note in plan.notes()[1:])
         protos = quantized
-        notes.append("int8: dynamic quantization of every segment, per-channel symmetric int8 weights; exit heads kept in fp32")
-        if keep:
-            notes.append("kept in fp32 (largest activation outliers): " + ", ".join(f"segment {j} {name} ({s:.0f})" for s, j, name in keep))
+        notes.append("int8: dynamic quantization of every segment, per-channel int8 weights; exit heads kept in fp32")
     return protos, notes
 
 

@@ -59,6 +59,8 @@ class ExportSpec:
     opset: int = 17
     stem: str = "model"
     calibration_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    #: int8: keep the most sensitive ops in float until the calibration-text cosine reaches this (None = all int8)
+    min_fidelity: float | None = None
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Converter(ABC):
     input_dtype: ClassVar[str] = "int64"
     #: True when `lower` turns an early-exit model (one with `segments()`) into real graph control flow
     lowers_control_flow: ClassVar[bool] = False
+    #: True when int8 honours `ExportSpec.min_fidelity` (sensitivity-driven float fallbacks)
+    mixed_precision: ClassVar[bool] = False
 
     @abstractmethod
     def lower(self, model: torch.nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:

@@ -255,6 +255,7 @@ def export(
     progress: Progress | None = None,
     corpus: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
+    min_fidelity: float | None = None,
 ) -> ExportResult:
     """Export `model` (default: the embedded teacher) for `device`; see `edgekit export --help`."""
     say = progress or (lambda _msg: None)
@@ -263,6 +264,11 @@ def export(
     chosen_formats = list(dict.fromkeys(formats or profile.formats))
     converters = {fmt: get_converter(fmt) for fmt in chosen_formats}
     chosen_precisions = _resolve_precisions(profile, parsed, precisions)
+    if min_fidelity is not None:
+        if not 0.0 < min_fidelity <= 1.0:
+            raise UserError(f"--min-fidelity {min_fidelity} is not a cosine in (0, 1]; e.g. --min-fidelity 0.998")
+        if "int8" not in chosen_precisions:
+            raise UserError("--min-fidelity chooses which ops stay float in int8; add int8 to the recipe or --precision int8")
     passes = [get_pass(step.name, step.options) for step in parsed.passes]  # bad configs fail before any work
     check_recipe_order([(step.name, p) for step, p in zip(parsed.passes, passes, strict=True)])
     for conv in converters.values():
@@ -306,12 +312,22 @@ def export(
         for fmt, conv in converters.items():
             for precision in chosen_precisions:
                 say(f"exporting {fmt} {precision}")
-                spec = shipped.export_spec(precision, artifact_inputs, calibration=64, deployment_target=profile.deployment_target)
+                spec = shipped.export_spec(
+                    precision,
+                    artifact_inputs,
+                    calibration=64,
+                    deployment_target=profile.deployment_target,
+                    min_fidelity=min_fidelity if precision == "int8" else None,
+                )
                 if hasattr(student, "segments"):
                     spec.output_names = [teacher.output_name, EXIT_LAYER]
                 started = time.perf_counter()
                 artifact = conv.lower(student, spec, staging)
                 artifact.notes.append(f"converted in {time.perf_counter() - started:.1f} s")
+                if spec.min_fidelity is not None and not conv.mixed_precision:
+                    artifact.notes.append(
+                        f"--min-fidelity {min_fidelity:g} not applied: {fmt} int8 has no per-op float fallback in edgekit yet"
+                    )
                 if artifact.path.is_file() and (weight_zeros >= 0.05 or getattr(student, "palettized_bits", None)):
                     artifact.notes.append(_dense_storage_note(artifact.path, weight_zeros, getattr(student, "palettized_bits", None)))
                 say(f"verifying {artifact.name}")

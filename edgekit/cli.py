@@ -90,6 +90,14 @@ def export(
     checkpoint_dir: Annotated[
         Path | None, typer.Option("--checkpoint-dir", help="Checkpoints of learning passes. Default: ~/.cache/edgekit/distill/<hash>.")
     ] = None,
+    min_fidelity: Annotated[
+        float | None,
+        typer.Option(
+            "--min-fidelity",
+            help="int8: measure each weight op's cost when quantized alone and keep the costliest in float until the "
+            "mean cosine on calibration texts reaches this (e.g. 0.998). ONNX; other formats say they ignore it.",
+        ),
+    ] = None,
 ) -> None:
     """Export the model for a device: every format x precision, verified against the teacher, as a bundle with a report."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -126,6 +134,7 @@ def export(
             progress=step,
             corpus=corpus,
             checkpoint_dir=checkpoint_dir,
+            min_fidelity=min_fidelity,
         )
         if last:
             err.print(f"[green]✓[/green] {last[-1]}")

@@ -142,6 +142,24 @@ def test_unknown_format_and_precision(tmp_path):
     _assert_user_error(run_cli("export", "--precision", "int3", "--out", str(out)), "unknown precision 'int3'", out)
 
 
+def test_min_fidelity_is_a_cosine_and_needs_int8(tmp_path):
+    out = tmp_path / "b"
+    _assert_user_error(run_cli("export", "--min-fidelity", "1.5", "--out", str(out)), "--min-fidelity 1.5 is not a cosine", out)
+    _assert_user_error(run_cli("export", "--precision", "fp32", "--min-fidelity", "0.99", "--out", str(out)), "add int8", out)
+
+
+def test_min_fidelity_keeps_sensitive_ops_float_and_says_so(tiny_model_dirs, tmp_path):
+    out = tmp_path / "b"
+    args = ["export", "--model", str(tiny_model_dirs["bert-embedding"]), "--formats", "onnx,tflite", "--precision", "int8"]
+    proc = run_cli(*args, "--min-fidelity", "0.99999", "--out", str(out), "--allow-over-budget", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    notes = {a["format"]: a["notes"] for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    kept = [n for n in notes["onnx"] if n.startswith("mixed precision for min fidelity 0.99999")]
+    assert kept and "kept in fp32" in kept[0] and "int8 alone costs" in kept[0]
+    assert not any("not reached" in n for n in notes["onnx"])  # keeping everything float always reaches it
+    assert any("--min-fidelity 0.99999 not applied: tflite" in n for n in notes["tflite"])
+
+
 def test_devices_table_and_json():
     proc = run_cli("devices")
     assert proc.returncode == 0 and "pixel4" in proc.stdout and "iphone13" in proc.stdout

@@ -5,7 +5,6 @@ import onnx
 import pytest
 
 from converters.base import get_converter
-from converters.onnx import embedding_table_bytes, outlier_matmuls
 from edgekit.errors import UserError
 from edgekit.model import load_teacher
 from edgekit.verify.fidelity import cosine_rows
@@ -60,38 +59,10 @@ def test_precisions_shrink_the_file_and_embeddings_are_accounted(exported, name)
     assert fp32.embedding_bytes < fp32.size_bytes()
 
 
-def test_int8_is_dynamic_per_channel_and_keeps_outlier_matmuls_in_fp32(exported):
+def test_int8_is_dynamic_with_smoothing_chosen_on_calibration_texts(exported):
     art = exported[("bert-embedding", "int8")][2]
     assert art.ops.get("MatMulInteger", 0) + art.ops.get("com.microsoft.QAttention", 0) > 0
-    assert any("kept in fp32" in n for n in art.notes)
-
-
-def test_outlier_ranking_finds_a_planted_outlier():
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "w")
-    big = numpy_helper.from_array(np.array([1, 1, 1, 100], dtype=np.float32), "big")
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["y1"], name="plain"),
-        helper.make_node("Mul", ["x", "big"], ["xo"]),
-        helper.make_node("MatMul", ["xo", "w"], ["y2"], name="outlier"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [
-            helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["batch", 4]),
-            helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["batch", 4]),
-        ],
-        [w, big],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    calib = [{"x": rng.normal(size=(1, 4)).astype(np.float32)} for _ in range(4)]
-    ranked = outlier_matmuls(model, calib, k=1)
-    assert ranked[0][0] == "outlier"
-    assert embedding_table_bytes(model) == 0
+    assert any(n.startswith("activation smoothing (SmoothQuant) a=") for n in art.notes)
 
 
 def test_unknown_precision_is_user_error():
