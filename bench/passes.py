@@ -48,11 +48,12 @@ SETTINGS: list[tuple[str, list[tuple[str, dict]], bool]] = [
     ("prune-weights sparsity=0.5", [("prune-weights", {"sparsity": 0.5})], False),
     ("palettize bits=4 (encoder)", [("palettize", {"bits": 4})], False),
     ("palettize bits=4 group=16 (encoder)", [("palettize", {"bits": 4, "granularity": "group", "group_size": 16})], False),
+    ("share-layers every=2", [("share-layers", {"every": 2})], True),
     ("vocab-prune (calibration texts)", [("vocab-prune", {})], True),
     ("token-skip keep=0.5@2", [("token-skip", {"keep": "0.5@2"})], True),
 ]
 #: settings whose Core ML fp16 export is also written (size + weight round-trip; prediction needs macOS)
-COREML = {"teacher", "prune-weights sparsity=0.5", "palettize bits=4 (encoder)", "vocab-prune (calibration texts)"}
+COREML = {"teacher", "share-layers every=2", "prune-weights sparsity=0.5", "palettize bits=4 (encoder)", "vocab-prune (calibration texts)"}
 _COUNTED_OPS = ("MatMul", "Gemm", "FULLY_CONNECTED")
 LATENCY_TEXT = "The quick brown fox jumps over the lazy dog near the riverbank."
 

@@ -94,17 +94,20 @@ def _mean_cosine(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
 
 
 def weight_ops(proto, exclude: set[str]) -> list:
-    """MatMul / Attention nodes whose weight is an initializer used by that node only (safe to rescale)."""
+    """MatMul / Attention nodes whose weight initializer is used only as the weight of such nodes (safe to
+    rescale). A weight shared by several of them (share-layers) is smoothed once for all its users."""
     inits = {i.name for i in proto.graph.initializer}
+    candidates = [
+        n for n in proto.graph.node if n.op_type in _SMOOTHED_OPS and len(n.input) > 1 and n.input[1] in inits and n.name not in exclude
+    ]
+    as_weight: dict[str, int] = {}
+    for n in candidates:
+        as_weight[n.input[1]] = as_weight.get(n.input[1], 0) + 1
     uses: dict[str, int] = {}
     for node in proto.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    return [
-        n
-        for n in proto.graph.node
-        if n.op_type in _SMOOTHED_OPS and len(n.input) > 1 and n.input[1] in inits and uses[n.input[1]] == 1 and n.name not in exclude
-    ]
+    return [n for n in candidates if uses[n.input[1]] == as_weight[n.input[1]]]
 
 
 def embedding_ops(proto, exclude: set[str]) -> list[str]:
@@ -151,18 +154,24 @@ def smooth(proto, nodes: list, amax: dict[str, np.ndarray], alpha: float):
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
     targets = {n.name for n in nodes}
+    users: dict[str, list] = {}
+    for n in nodes:
+        users.setdefault(n.input[1], []).append(n)
+    inverse: dict[str, str] = {}  # weight -> name of its 1/s initializer
+    for weight_name, group in users.items():
+        weight = numpy_helper.to_array(inits[weight_name]).astype(np.float32)
+        a = np.maximum(np.max([amax[n.input[0]] for n in group], axis=0), 1e-5)  # one s for every user of the weight
+        w = np.maximum(np.abs(weight).max(axis=1), 1e-5)
+        s = a**alpha / w ** (1 - alpha)
+        s = (s / np.exp(np.mean(np.log(s)))).astype(np.float32)  # geometric mean 1: weights keep their scale
+        inverse[weight_name] = f"{weight_name}/smooth_inv_scale"
+        graph.initializer.append(numpy_helper.from_array(1.0 / s, inverse[weight_name]))
+        inits[weight_name].CopyFrom(numpy_helper.from_array(weight * s[:, None], weight_name))
     rebuilt = []
     for node in graph.node:
         if node.name in targets:
-            weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            a = np.maximum(amax[node.input[0]], 1e-5)
-            w = np.maximum(np.abs(weight).max(axis=1), 1e-5)
-            s = a**alpha / w ** (1 - alpha)
-            s = (s / np.exp(np.mean(np.log(s)))).astype(np.float32)  # geometric mean 1: weights keep their scale
             tag = f"{node.name}/smooth"
-            graph.initializer.append(numpy_helper.from_array(1.0 / s, f"{tag}/inv_scale"))
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight * s[:, None], node.input[1]))
-            rebuilt.append(onnx.helper.make_node("Mul", [node.input[0], f"{tag}/inv_scale"], [f"{tag}/x"], name=tag))
+            rebuilt.append(onnx.helper.make_node("Mul", [node.input[0], inverse[node.input[1]]], [f"{tag}/x"], name=tag))
             node.input[0] = f"{tag}/x"
         rebuilt.append(node)
     del graph.node[:]

@@ -79,6 +79,45 @@ def embedding_table_bytes(model) -> int:
     return int(sum(numpy_helper.to_array(inits[n]).nbytes for n in tables))
 
 
+def dedupe_initializers(model) -> int:
+    """Point every use of a byte-identical initializer at one copy; returns the bytes saved.
+
+    Layers that share weights (share-layers, tied embeddings) are one tensor in torch, but fusions
+    (the packed QKV of each Attention node) and quantization make a copy per use.
+    """
+    import hashlib
+
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    kept = []
+    saved = 0
+    for init in model.graph.initializer:
+        raw = init.SerializeToString(deterministic=True).replace(init.name.encode(), b"")
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(raw).hexdigest())
+        if key in first:
+            rename[init.name] = first[key]
+            saved += len(raw)
+        else:
+            first[key] = init.name
+            kept.append(init)
+    if not rename:
+        return 0
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+    def walk(graph) -> None:
+        for node in graph.node:
+            node.input[:] = [rename.get(name, name) for name in node.input]
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    return saved
+
+
 def _specs(values) -> list[TensorSpec]:
     out = []
     for v in values:
@@ -153,6 +192,7 @@ class ONNXConverter(Converter):
         torchscript_export(model, args, raw, spec.input_names, spec.output_names, dynamic, spec.opset)
         try:
             model_proto = self._optimize(raw, model)
+            deduped = dedupe_initializers(model_proto)
             notes = [
                 "graph optimised by onnxruntime.transformers (BERT fusions)",
                 f"opset {max(17, spec.opset)}",
@@ -160,6 +200,7 @@ class ONNXConverter(Converter):
             ]
             if spec.precision == "fp16":
                 model_proto = self._to_fp16(model_proto)
+                deduped += dedupe_initializers(model_proto)
                 notes.append("fp16 weights and activations, fp32 inputs/outputs kept")
                 onnx.save_model(model_proto, str(target))
             elif spec.precision == "int8":
@@ -168,10 +209,13 @@ class ONNXConverter(Converter):
                 quantized, plan = quantize_int8(
                     model_proto, spec.calibration_inputs or [spec.example_inputs], workdir, min_fidelity=spec.min_fidelity
                 )
+                deduped += dedupe_initializers(quantized)
                 onnx.save_model(quantized, str(target))
                 notes.extend(plan.notes())
             else:
                 onnx.save_model(model_proto, str(target))
+            if deduped:
+                notes.append(f"identical weights stored once (shared layers): {deduped / 1e6:.1f} MB of copies removed")
         finally:
             raw.unlink(missing_ok=True)
         saved = onnx.load(str(target))

@@ -92,9 +92,18 @@ def test_graph_without_tables_has_no_embedding_bytes():
 
 
 @pytest.mark.parametrize("alpha", [0.6, 0.8])
-def test_shared_weights_are_not_rescaled(alpha):
+def test_a_shared_weight_is_smoothed_once_for_all_its_users(alpha):
     model = _planted_model()
-    model.graph.node[2].input[1] = "w1"  # both MatMuls read w1: rescaling it for one would break the other
+    model.graph.node[2].input[1] = "w1"  # both MatMuls read w1 (share-layers): one s must serve both
+    rows = _rows(4, 1)
     nodes = weight_ops(model, set())
-    assert nodes == []
-    assert smooth(model, nodes, {}, alpha).graph.node[0].name == "plain"
+    assert {n.name for n in nodes} == {"plain", "outlier"}
+    smoothed = smooth(model, nodes, channel_absmax(model, nodes, rows), alpha)
+    assert sum(i.name == "w1" for i in smoothed.graph.initializer) == 1
+    assert _relative_error(_outputs(model, rows), _outputs(smoothed, rows)) < 1e-6
+
+
+def test_a_weight_read_by_another_op_is_left_alone():
+    model = _planted_model()
+    model.graph.node[1].input[1] = "w2"  # the Mul reads w2 too: rescaling w2 would change the Mul
+    assert {n.name for n in weight_ops(model, set())} == {"plain"}
