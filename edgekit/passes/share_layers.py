@@ -66,6 +66,11 @@ class ShareLayers(Pass):
     Config = ShareLayersConfig
     primary_option: ClassVar[str] = "every"
 
+    def __init__(self, config: ShareLayersConfig) -> None:
+        super().__init__(config)
+        if (config.every is None) == (config.map is None):  # fail at recipe parse time, before minutes of other passes
+            raise UserError("share-layers needs exactly one of every=<group size> or map=<layer per position>, e.g. share-layers:2")
+
     def apply(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         cfg: ShareLayersConfig = self.config
         enc = find_encoder(model)

@@ -31,6 +31,10 @@ BAD_OPTIONS = [
     ("svd", {"energy": 0.9, "targets": "everything"}),
     ("embed-factorize", {"rank": 0}),
     ("embed-factorize", {}),
+    ("share-layers", {}),
+    ("share-layers", {"every": 0}),
+    ("share-layers", {"every": 2, "map": [0, 0]}),
+    ("share-layers", {"every": 2, "source": "random"}),
 ]
 
 
