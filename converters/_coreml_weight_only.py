@@ -67,7 +67,7 @@ def notes(precision: str, ops: dict[str, int], compressed: int, by_dtype: dict[s
     stored = ", ".join(f"{k}: {v}" for k, v in sorted(by_dtype.items()))
     return [
         f"{precision}: weight-only {dtype} (linear symmetric, {how}) in {compressed} tensors ({constexpr}); "
-        f"includes the embedding tables; stored dtypes {stored}",
+        f"includes the word embedding table (gather); stored dtypes {stored}",
         f"stay fp16: constants not feeding {'/'.join(QUANTIZED_CONSUMERS)} (biases, LayerNorm, folded position / token-type "
         f"embeddings) and tensors under {WEIGHT_THRESHOLD} elements; compute fp16, activations never quantized",
     ]
