@@ -2,7 +2,7 @@
 
 - `int8-weights`: linear symmetric int8, per output channel (iOS16+: `constexpr_affine_dequantize`;
   iOS18+: `constexpr_blockwise_shift_scale` with int8 data).
-- `int4-weights`: linear symmetric int4, per block of 32 input channels (`constexpr_blockwise_shift_scale`
+- `int4-weights`: linear asymmetric int4 (scale + int4 offset), per block of 32 input channels (`constexpr_blockwise_shift_scale`
   with int4 data). Int4 data exists from iOS18 / macOS15 only (iOS16/17's `constexpr_affine_dequantize`
   takes int8/uint8 only), so per-channel int4 would need iOS18 just the same: an older or missing
   deployment target is raised to iOS18 and the artifact's notes say so.
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-#: precision -> (dtype, granularity, block size, minimum deployment target)
+#: precision -> (dtype, granularity, block size, minimum deployment target, mode). int4 is asymmetric (an int4 offset
+#: per block next to the scale): on all-MiniLM-L6-v2 mean cosine 0.974 vs 0.958 symmetric (12 held-out texts).
 SETTINGS = {
-    "int8-weights": ("int8", "per_channel", None, "iOS16"),
-    "int4-weights": ("int4", "per_block", 32, "iOS18"),
+    "int8-weights": ("int8", "per_channel", None, "iOS16", "linear_symmetric"),
+    "int4-weights": ("int4", "per_block", 32, "iOS18", "linear"),
 }
+_MODES = {"linear_symmetric": "linear symmetric", "linear": "linear asymmetric: scale + int4 offset"}
 PRECISIONS = tuple(SETTINGS)
 #: ops whose constant inputs are quantized (weights and embedding tables)
 QUANTIZED_CONSUMERS = ("linear", "matmul", "gather", "conv", "einsum")
@@ -47,10 +49,10 @@ def deployment_target(ct: Any, target: Any, name: str, precision: str, explicit:
 def quantize(mlmodel: Any, precision: str) -> Any:
     import coremltools.optimize.coreml as cto
 
-    dtype, granularity, block, _ = SETTINGS[precision]
+    dtype, granularity, block, _, mode = SETTINGS[precision]
     extra = {"block_size": block} if block else {}
     op_config = cto.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype=dtype, granularity=granularity, weight_threshold=WEIGHT_THRESHOLD, **extra,
+        mode=mode, dtype=dtype, granularity=granularity, weight_threshold=WEIGHT_THRESHOLD, **extra,
     )
     # Only constants consumed by these ops: weight matrices and embedding tables. A global config would also
     # quantize the folded position / token-type embeddings ([1, seq, hidden] constants feeding an `add`), whose
@@ -61,12 +63,12 @@ def quantize(mlmodel: Any, precision: str) -> Any:
 
 
 def notes(precision: str, ops: dict[str, int], compressed: int, by_dtype: dict[str, int]) -> list[str]:
-    dtype, granularity, block, _ = SETTINGS[precision]
+    dtype, granularity, block, _, mode = SETTINGS[precision]
     how = f"per block of {block} input channels" if block else "per output channel"
     constexpr = ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()) if k.startswith("constexpr_"))
     stored = ", ".join(f"{k}: {v}" for k, v in sorted(by_dtype.items()))
     return [
-        f"{precision}: weight-only {dtype} (linear symmetric, {how}) in {compressed} tensors ({constexpr}); "
+        f"{precision}: weight-only {dtype} ({_MODES[mode]}, {how}) in {compressed} tensors ({constexpr}); "
         f"includes the word embedding table (gather); stored dtypes {stored}",
         f"stay fp16: constants not feeding {'/'.join(QUANTIZED_CONSUMERS)} (biases, LayerNorm, folded position / token-type "
         f"embeddings) and tensors under {WEIGHT_THRESHOLD} elements; compute fp16, activations never quantized",

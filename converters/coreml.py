@@ -676,7 +676,7 @@ def _storage_bound(info, value: np.ndarray, reference: np.ndarray) -> tuple[floa
         return float("inf"), None
     max_scale = float(np.max(np.abs(scale.astype(np.float32)), initial=0.0))
     fp16_out = np.float32(2.0**-11) * float(np.max(np.abs(value), initial=0.0))
-    steps = 8 if info.dtype in ("int4", "uint4") else 128
+    steps = 16 if info.dtype in ("int4", "uint4") else 128  # |q - offset| <= 15 for asymmetric int4
     # half a step, the fp16 rounding of the scale (|q| <= `steps` steps) and of the dequantized result
     return max_scale * (0.5 + steps * 2.0**-11) + float(fp16_out), None
 

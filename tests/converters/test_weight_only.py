@@ -107,7 +107,7 @@ def test_onnx_matmuls_are_matmulnbits_and_tables_are_block_quantized(precision, 
     assert len(tables) >= 2  # word + position (+ token type)
     word = max(tables, key=lambda n: inits[n.input[0]].dims[0])
     assert list(inits[word.input[0]].dims) == [30522, HIDDEN]
-    assert inits[word.input[0]].data_type == (TensorProto.UINT8 if bits == 8 else TensorProto.INT4)
+    assert inits[word.input[0]].data_type == (TensorProto.UINT8 if bits == 8 else TensorProto.UINT4)  # + zero points
     assert attrs(word).get("bits", 4) == bits
     assert not [n for n in nodes if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
     assert art.embedding_bytes < 30522 * HIDDEN * (1.2 if bits == 8 else 0.7)
