@@ -127,6 +127,7 @@ def test_tflite_weights_are_int_behind_dequantize(precision, dtype, lowered):
     assert info["by_type"] == {dtype: 13}  # 12 FULLY_CONNECTED weights + the word embedding table
     assert info["consumers"] == {"FULLY_CONNECTED": 12, "EMBEDDING_LOOKUP": 1}
     assert info["channelwise"] == 13
+    assert info["asymmetric"] == (13 if dtype == "INT4" else 0)  # int4: per-channel zero points; int8: symmetric
     assert not info["float_left"]
     # every FULLY_CONNECTED weight comes out of a DEQUANTIZE: float compute, activations never quantized
     fb = _Flatbuffer(data)
