@@ -200,3 +200,25 @@ def test_early_exit_weight_only_is_refused_not_exported_as_float(fmt, teacher, i
 def test_other_bit_widths_are_refused(fmt):
     with pytest.raises(UserError, match="cannot export precision 'int2-weights'"):
         get_converter(fmt).check_precision("int2-weights")
+
+
+def test_coreml_early_exit_takes_weight_only_too(tmp_path, sample_texts):
+    """Core ML quantizes the whole program after conversion, so the `cond` branches get int4 weights as well."""
+    from converters.base import EXIT_LAYER
+    from edgekit.dynamic import EarlyExitModel
+
+    teacher = load_teacher(build_tiny_model_dir(tmp_path / "m", "bert", "embedding", seed=0, hidden=HIDDEN, layers=4, heads=4))
+    inputs = teacher.tokenize(sample_texts[:2], SEQ)
+    model = EarlyExitModel(teacher.module, [1, 3], "confidence", threshold=2.0).eval()  # never exits early: all layers
+    spec = teacher.export_spec("int4-weights", inputs)
+    spec.output_names = [teacher.output_name, EXIT_LAYER]
+    art = get_converter("coreml").lower(model, spec, tmp_path / "out")
+    assert art.ops.get("cond") == 2 and art.ops.get("constexpr_blockwise_shift_scale", 0) >= 4 * 6 + 1
+    runtime = get_converter("coreml").runtime(art, threads=1)
+    for i in range(2):
+        row = {k: v[i : i + 1] for k, v in inputs.items()}
+        res = runtime.run(row)
+        assert np.asarray(res[EXIT_LAYER]).reshape(-1).tolist() == [4]
+        with torch.no_grad():
+            ref = model.forced(None)(**{k: torch.from_numpy(v) for k, v in row.items()}).numpy()
+        assert cosine_rows(np.asarray(res[teacher.output_name]).reshape(ref.shape), ref).min() >= 0.99
