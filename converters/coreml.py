@@ -67,6 +67,8 @@ FP16_MAX = 65504.0
 #: Weight tensors smaller than this stay fp16 in int8 exports (coremltools' default threshold).
 INT8_WEIGHT_THRESHOLD = 2048
 SENTINEL_PASS = "edgekit::clip_fp16_sentinels"
+#: precisions whose weights are stored quantized (no look-up tables / sparse storage on top)
+QUANTIZED_WEIGHTS = ("int8", "int8-weights", "int4-weights")
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,9 +342,9 @@ def _store_zeros_sparse(mlmodel, model: torch.nn.Module, precision: str, target)
     total = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
     if total == 0 or zeros / total < 0.05:
         return mlmodel, None
-    if precision == "int8":
+    if precision in QUANTIZED_WEIGHTS:
         return mlmodel, (
-            f"{zeros / total:.0%} of weight values are zero but stored densely: sparse + int8 joint compression needs "
+            f"{zeros / total:.0%} of weight values are zero but stored densely: sparse + {precision} joint compression needs "
             "an iOS18 deployment target; export fp16 to store them sparse"
         )
     import coremltools.optimize.coreml as cto
@@ -363,8 +365,8 @@ def _store_palettized(ct, mlmodel, model: torch.nn.Module, precision: str, targe
     bits = getattr(model, "palettized_bits", None)
     if bits is None:
         return mlmodel, None
-    if precision == "int8":
-        return mlmodel, "palettized weights were quantized to int8 instead of stored as look-up tables: export fp16 to keep the tables"
+    if precision in QUANTIZED_WEIGHTS:
+        return mlmodel, f"palettized weights were quantized ({precision}) instead of stored as look-up tables: export fp16 to keep them"
     import coremltools.optimize.coreml as cto
 
     if getattr(model, "palettized_granularity", "tensor") == "group":
@@ -393,14 +395,21 @@ class CoreMLConverter(Converter):
     """torch -> Core ML ML program (.mlpackage): fp32, fp16, or int8 weights with fp16 compute."""
 
     format = "coreml"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
     input_dtype = "int32"
     lowers_control_flow = True
 
     def lower(self, model: torch.nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:
         self.check_precision(spec.precision)
         ct = _coremltools()
-        target, target_name, notes = resolve_deployment_target(spec.deployment_target, spec.precision)
+        weight_only = spec.precision in ("int8-weights", "int4-weights")
+        target, target_name, notes = resolve_deployment_target(spec.deployment_target, "fp16" if weight_only else spec.precision)
+        if weight_only:
+            from converters import _coreml_weight_only
+
+            explicit = bool(spec.deployment_target and str(spec.deployment_target).strip())
+            target, target_name, target_notes = _coreml_weight_only.deployment_target(ct, target, target_name, spec.precision, explicit)
+            notes += target_notes
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         final = workdir / f"{spec.stem}{SUFFIX}"
@@ -422,6 +431,9 @@ class CoreMLConverter(Converter):
                 ))
                 with _quiet_conversion():
                     mlmodel = cto.linear_quantize_weights(mlmodel, config)
+            elif weight_only:
+                with _quiet_conversion():
+                    mlmodel = _coreml_weight_only.quantize(mlmodel, spec.precision)
             mlmodel, palette_note = _store_palettized(ct, mlmodel, model, spec.precision, target)
             if palette_note:
                 notes.append(palette_note)
@@ -452,6 +464,12 @@ class CoreMLConverter(Converter):
         if spec.precision == "int8":
             notes.append(f"int8 weights (linear symmetric, per output channel) in {info.compressed_weights} tensors; "
                          f"tensors under {INT8_WEIGHT_THRESHOLD} elements stay fp16")
+        elif weight_only:
+            stored: dict[str, int] = {}
+            for const in info.program.const_info.values():
+                if const.op_type.startswith("constexpr_"):
+                    stored[const.dtype] = stored.get(const.dtype, 0) + 1
+            notes += _coreml_weight_only.notes(spec.precision, info.ops, info.compressed_weights, stored)
         if hasattr(model, "segments"):
             notes.append(
                 f"early exit: {len(model.exits)} nested MIL cond ops (torch.jit.script over traced segments); "
@@ -658,8 +676,9 @@ def _storage_bound(info, value: np.ndarray, reference: np.ndarray) -> tuple[floa
         return float("inf"), None
     max_scale = float(np.max(np.abs(scale.astype(np.float32)), initial=0.0))
     fp16_out = np.float32(2.0**-11) * float(np.max(np.abs(value), initial=0.0))
-    # half a step, the fp16 rounding of the scale (|q| <= 128 steps) and of the dequantized result
-    return max_scale * (0.5 + 128 * 2.0**-11) + float(fp16_out), None
+    steps = 16 if info.dtype in ("int4", "uint4") else 128  # |q - offset| <= 15 for asymmetric int4
+    # half a step, the fp16 rounding of the scale (|q| <= `steps` steps) and of the dequantized result
+    return max_scale * (0.5 + steps * 2.0**-11) + float(fp16_out), None
 
 
 def weight_roundtrip(package: Artifact | str | Path, module: torch.nn.Module) -> WeightRoundTrip:

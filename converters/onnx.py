@@ -26,7 +26,12 @@ from converters.base import (
     cast_inputs,
     register_converter,
 )
-from edgekit.errors import UnsupportedOpError
+from edgekit.errors import UnsupportedOpError, UserError
+
+
+def weight_only_precision(precision: str) -> bool:
+    return precision in ("int8-weights", "int4-weights")
+
 
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 6: "int32", 7: "int64", 9: "bool"}
 
@@ -69,6 +74,8 @@ def embedding_table_bytes(model) -> int:
     for node in model.graph.node:
         if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
             tables.add(node.input[0])
+        elif node.op_type == "GatherBlockQuantized" and node.input[0] in inits:  # weight-only: data, scales, zero points
+            tables.update(name for i, name in enumerate(node.input) if i != 1 and name in inits)
         elif node.op_type in ("EmbedLayerNormalization", "QEmbedLayerNormalization"):
             tables.update(name for name in node.input[2:5] if name in inits)
     # A quantized table is stored as int8 + scale: count the integer tensor behind a DequantizeLinear too.
@@ -76,7 +83,8 @@ def embedding_table_bytes(model) -> int:
     for name in list(tables):
         if name not in inits and name in producers:
             tables.update(i for i in producers[name].input if i in inits)
-    return int(sum(numpy_helper.to_array(inits[n]).nbytes for n in tables))
+    # raw_data is what the file stores (int4 is packed two per byte; to_array would unpack it)
+    return int(sum(len(inits[n].raw_data) or numpy_helper.to_array(inits[n]).nbytes for n in tables))
 
 
 def dedupe_initializers(model) -> int:
@@ -168,7 +176,7 @@ def torchscript_export(
 @register_converter
 class ONNXConverter(Converter):
     format = "onnx"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
     input_dtype = "int64"
     lowers_control_flow = True
     mixed_precision = True
@@ -182,6 +190,8 @@ class ONNXConverter(Converter):
         target = workdir / f"{spec.stem}{self.suffix}"
         raw = workdir / f".{spec.stem}.raw.onnx"
         if hasattr(model, "segments"):  # early exit: segments composed under If nodes
+            if weight_only_precision(spec.precision):
+                raise UserError(f"onnx: precision '{spec.precision}' is not implemented for early-exit models; use fp32, fp16 or int8")
             from converters._onnx_early_exit import lower_early_exit
 
             return lower_early_exit(self, model, spec, workdir)
@@ -191,7 +201,8 @@ class ONNXConverter(Converter):
         dynamic[spec.output_names[0]] = {0: "batch"}
         torchscript_export(model, args, raw, spec.input_names, spec.output_names, dynamic, spec.opset)
         try:
-            model_proto = self._optimize(raw, model)
+            weight_only = weight_only_precision(spec.precision)
+            model_proto = self._optimize(raw, model, weight_only=weight_only)
             deduped = dedupe_initializers(model_proto)
             notes = [
                 "graph optimised by onnxruntime.transformers (BERT fusions)",
@@ -202,6 +213,13 @@ class ONNXConverter(Converter):
                 model_proto = self._to_fp16(model_proto)
                 deduped += dedupe_initializers(model_proto)
                 notes.append("fp16 weights and activations, fp32 inputs/outputs kept")
+                onnx.save_model(model_proto, str(target))
+            elif weight_only:
+                from converters._onnx_weight_only import quantize_weight_only
+
+                model_proto, wo_notes = quantize_weight_only(model_proto, spec.precision)
+                deduped += dedupe_initializers(model_proto)
+                notes = [n for n in notes if not n.startswith("opset")] + wo_notes
                 onnx.save_model(model_proto, str(target))
             elif spec.precision == "int8":
                 from converters._onnx_int8 import quantize_int8
@@ -232,8 +250,11 @@ class ONNXConverter(Converter):
         )
 
     @staticmethod
-    def _optimize(raw: Path, model: torch.nn.Module):
-        """BERT fusions of onnxruntime.transformers (hardware-independent: opt_level 0 in ORT terms)."""
+    def _optimize(raw: Path, model: torch.nn.Module, weight_only: bool = False):
+        """BERT fusions of onnxruntime.transformers (hardware-independent: opt_level 0 in ORT terms).
+
+        `weight_only`: fusions that keep every weight a MatMul / Gather input (see `_onnx_weight_only`).
+        """
         import onnx
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -244,7 +265,13 @@ class ONNXConverter(Converter):
         heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or 0)
         hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0) or 0)
         try:
-            optimized = optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+            options = None
+            if weight_only:
+                from converters._onnx_weight_only import fusion_options
+
+                options = fusion_options()
+            optimized = optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                                       optimization_options=options)
         except Exception:  # fusion is an optimisation, never a reason to fail the export
             return onnx.load(str(raw))
         proto = optimized.model

@@ -47,7 +47,7 @@ from converters.base import (
     cast_inputs,
     register_converter,
 )
-from edgekit.errors import UnsupportedOpError
+from edgekit.errors import UnsupportedOpError, UserError
 
 SUFFIX = ".tflite"
 #: litert-torch names the one signature of a converted module like a TF SavedModel does.
@@ -277,6 +277,10 @@ def _quantization_recipe(precision: str) -> Any:
 
     if precision == "int8":
         return recipe.dynamic_wi8_afp32()
+    if precision in ("int8-weights", "int4-weights"):
+        from converters import _tflite_weight_only
+
+        return _tflite_weight_only.recipe(precision)
     if precision == "fp16":
         rm = recipe_manager.RecipeManager()
         rm.add_weight_only_config(
@@ -353,12 +357,15 @@ class TFLiteConverter(Converter):
     """PyTorch -> `.tflite` with litert-torch; fp16 / int8 with ai-edge-quantizer; builtin ops only."""
 
     format = "tflite"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
     input_dtype = "int32"
     lowers_control_flow = True
 
     def lower(self, model: nn.Module, spec: ExportSpec, workdir: Path) -> Artifact:
+        weight_only = spec.precision in ("int8-weights", "int4-weights")
         if hasattr(model, "segments"):  # early exit: IF ops from tf.cond
+            if weight_only:
+                raise UserError(f"tflite: precision '{spec.precision}' is not implemented for early-exit models; use fp32, fp16 or int8")
             from converters._tflite_early_exit import lower_early_exit
 
             return lower_early_exit(self, model, spec, workdir)
@@ -369,6 +376,12 @@ class TFLiteConverter(Converter):
 
         data = quantize_tflite(_torch_to_tflite_bytes(model, spec), spec.precision)
         ops = check_builtin_ops(data)  # raises before anything is written
+        if weight_only:
+            from converters._tflite_weight_only import check_and_describe
+
+            precision_notes = check_and_describe(data, spec.precision)  # raises if the weights stayed float
+        else:
+            precision_notes = [PRECISION_NOTES[spec.precision]]
 
         inputs, outputs = write_flatbuffer(data, spec, path)
         return Artifact(
@@ -380,7 +393,7 @@ class TFLiteConverter(Converter):
             ops=ops,
             embedding_bytes=embedding_table_bytes(data),
             notes=[
-                PRECISION_NOTES[spec.precision],
+                *precision_notes,
                 f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), "
                 f"outputs {', '.join(spec.output_names)}; builtin ops only",
                 _tool_versions(spec.precision),

@@ -63,7 +63,7 @@ def exported(request, tmp_path_factory, tiny_model_dirs):
 def test_registered():
     assert isinstance(get_converter("coreml"), CoreMLConverter)
     assert CoreMLConverter.input_dtype == "int32"
-    assert CoreMLConverter.precisions == ("fp32", "fp16", "int8")
+    assert CoreMLConverter.precisions == ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
