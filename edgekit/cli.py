@@ -64,7 +64,11 @@ def export(
     ] = None,
     recipe: Annotated[
         str | None,
-        typer.Option("--recipe", "-r", help="Compression recipe shorthand, e.g. 'int8' or 'pass:key=value+int8'. Default: the profile's."),
+        typer.Option(
+            "--recipe",
+            "-r",
+            help="Compression recipe: shorthand ('int8', 'pass:key=value+int8') or a recipe .yaml file. Default: the profile's.",
+        ),
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="The bundle directory itself. Default: out/<device>.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,

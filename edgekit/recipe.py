@@ -8,6 +8,7 @@ the precision intent every converter lowers natively, or refuses with a one-line
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgekit.errors import UserError
@@ -54,8 +55,11 @@ def _parse_value(raw: str) -> Any:
 
 
 def parse_recipe(text: str | None) -> Recipe:
-    """Parse the shorthand; an empty recipe means "export the teacher as it is"."""
-    recipe = Recipe(shorthand=(text or "").strip())
+    """Parse the shorthand, or a recipe YAML file (a path ending in .yaml/.yml); empty means "the teacher as it is"."""
+    stripped = (text or "").strip()
+    if stripped.lower().endswith((".yaml", ".yml")):
+        return parse_recipe_file(Path(stripped))
+    recipe = Recipe(shorthand=stripped)
     if not recipe.shorthand:
         return recipe
     for raw_step in recipe.shorthand.split("+"):
@@ -91,3 +95,60 @@ def parse_recipe(text: str | None) -> Recipe:
                     raise UserError(f"recipe step '{step}' needs key=value options, e.g. '{name}:layers=3'")
         recipe.passes.append(PassStep(name.strip(), options))
     return recipe
+
+
+def parse_recipe_file(path: Path) -> Recipe:
+    """The YAML form of a recipe: the same steps, one per list item, options as a mapping.
+
+        passes:
+          - prune-heads: {ratio: 0.5}
+          - svd: 0.9                    # a bare value sets the pass's primary option
+          - early-exit: {layers: [2, 4]}
+        precisions: [int8]
+    """
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"recipe file {path} does not exist; give a YAML file with 'passes:' and 'precisions:' or a shorthand like 'int8'")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the line it names") from exc
+    if not isinstance(data, dict) or set(data) - {"passes", "precisions"}:
+        raise UserError(f"recipe file {path} must be a mapping with only 'passes' and 'precisions' keys")
+    steps, precisions = data.get("passes") or [], data.get("precisions") or []
+    if not isinstance(steps, list) or not isinstance(precisions, list):
+        raise UserError(f"recipe file {path}: 'passes' and 'precisions' must be lists")
+    recipe = Recipe()
+    for item in steps:
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, value = next(iter(item.items()))
+            options = dict(value) if isinstance(value, dict) else ({} if value is None else {PRIMARY: value})
+        else:
+            raise UserError(f"recipe file {path}: each pass is 'name' or 'name: {{option: value}}', got {item!r}")
+        if name in PRECISIONS:
+            raise UserError(f"recipe file {path}: '{name}' is a precision; list it under 'precisions:'")
+        recipe.passes.append(PassStep(str(name), options))
+    for word in precisions:
+        if word not in PRECISIONS:
+            raise UserError(f"recipe file {path}: unknown precision '{word}'; use one of {', '.join(PRECISIONS)}")
+        if word not in recipe.precisions:
+            recipe.precisions.append(word)
+    recipe.shorthand = to_shorthand(recipe)  # what the report shows and checkpoints hash: the content, not the path
+    return recipe
+
+
+def to_shorthand(recipe: Recipe) -> str:
+    """The one-line form of a recipe; `parse_recipe(to_shorthand(r))` gives the same steps back."""
+
+    def value(v: Any) -> str:
+        return ",".join(str(x) for x in v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+
+    parts = []
+    for step in recipe.passes:
+        opts = [value(v) if k == PRIMARY else f"{k}={value(v)}" for k, v in step.options.items()]
+        opts.sort(key=lambda o: "=" in o)  # a bare primary value must come first
+        parts.append(step.name + (":" + ",".join(opts) if opts else ""))
+    return "+".join(parts + recipe.precisions)
