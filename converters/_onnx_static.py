@@ -14,7 +14,9 @@ Recipe (measured on all-MiniLM-L6-v2, seq 128, 100 held-out texts, see bench/sta
 - per-channel symmetric int8 weights, asymmetric uint8 activations (U8S8, onnxruntime's CPU default);
 - left float: the attention score / context MatMuls (activation x activation; quantizing them
   kept fidelity but ran slower here), Softmax and the additive mask, LayerNorm, GELU (Erf), the
-  residual Adds, the embeddings (Gather) and the pooling / L2 normalisation.
+  residual Adds and the pooling / L2 normalisation;
+- embedding tables stored as uint8 with one scale per table (QDQ Gather; 60 -> 24 MB, mean cosine
+  0.995 -> 0.9946), dequantized after the lookup.
 """
 
 from __future__ import annotations
@@ -74,11 +76,11 @@ def calibration_rows(spec: ExportSpec, trim: bool) -> list[dict[str, np.ndarray]
 
 
 def float_fallbacks(model) -> dict[str, int]:
-    """Op types (and counts) that still compute in float: no DequantizeLinear feeds them."""
+    """Op types (and counts) computing in float: everything but the MatMuls fed by DequantizeLinear."""
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     counts: Counter[str] = Counter()
     for node in model.graph.node:
-        if node.op_type in _PLUMBING or any(i in dq_out for i in node.input):
+        if node.op_type in _PLUMBING or (node.op_type == "MatMul" and node.input[0] in dq_out):
             continue
         label = node.op_type
         if node.op_type == "MatMul":
@@ -119,7 +121,7 @@ def lower_static(converter, model: torch.nn.Module, spec: ExportSpec, workdir: P
                 str(target),
                 _Rows(rows),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["MatMul"],
+                op_types_to_quantize=["MatMul", "Gather"],
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
@@ -145,6 +147,7 @@ def lower_static(converter, model: torch.nn.Module, spec: ExportSpec, workdir: P
         f"{quantized} MatMuls take int8 activations",
         f"calibration: {CALIBRATION_METHOD} over {len(rows)} sample texts"
         + ("" if static_sequence else " (real tokens only: rows trimmed to their length)"),
+        "embedding tables: uint8, one scale per table (QDQ Gather), dequantized after the lookup",
         f"outlier channels: the {OUTLIER_CHANNELS} largest-range input channels of each of {len(chosen)} Linears "
         "run in a float side MatMul",
         "float fallbacks: " + ", ".join(f"{k} x{v}" for k, v in fallbacks.items()),

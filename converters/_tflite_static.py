@@ -12,8 +12,10 @@ not survive per-tensor int8. This path quantizes selectively with ai-edge-quanti
   weights) on FULLY_CONNECTED; QUANTIZE / DEQUANTIZE ops at the boundaries;
 - left float, and listed in the artifact's notes: the outlier-channel FULLY_CONNECTEDs, the
   attention BATCH_MATMULs, SOFTMAX and the mask ADD, the LayerNorm arithmetic, GELU, residual
-  ADDs, the embedding lookup and pooling. Attention scores never meet the int8 grid, so the
-  mask's huge negative bias is harmless.
+  ADDs and pooling. Attention scores never meet the int8 grid, so the mask's huge negative bias
+  is harmless;
+- the embedding table gets int8 weights (channelwise, as for `int8`): 60 -> 25 MB, mean cosine
+  0.9938 -> 0.9939 on the teacher.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def _recipe():
         operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
         activation_num_bits=8,
         weight_num_bits=8,
+    )
+    rm.add_dynamic_config(  # embedding tables: int8 weights, the lookup output is float
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.EMBEDDING_LOOKUP,
+        num_bits=8,
     )
     # the latest matching scope wins: the outlier-channel side Linears stay float
     rm.add_quantization_config(
@@ -89,6 +96,8 @@ def int8_activation_ops(data: bytes) -> tuple[dict[str, int], dict[str, int]]:
             out_name = (sg.Tensors(op.Outputs(0)).Name() or b"").decode("utf-8", "replace")
             if OUTLIER_SCOPE in out_name.split(";")[0]:
                 label = "FULLY_CONNECTED (outlier channels)"
+        elif name == "EMBEDDING_LOOKUP" and any(sg.Tensors(t).Type() == schema.TensorType.INT8 for t in inputs):
+            label = "EMBEDDING_LOOKUP (int8 table, float output)"
         if any(t.Type() == schema.TensorType.INT8 for t in acts):
             quantized[label] += 1
         else:
@@ -128,6 +137,7 @@ def lower_static(converter, model: nn.Module, spec: ExportSpec, workdir: Path) -
             "int8-static: int8 activations (static ranges) and channelwise int8 weights on "
             + ", ".join(f"{k} x{v}" for k, v in quantized.items()),
             f"calibration: {CALIBRATION_METHOD} over {len(rows)} sample texts",
+            "embedding table: int8 weights (channelwise), float lookup output",
             f"outlier channels: the {OUTLIER_CHANNELS} largest-range input channels of each of {len(chosen)} Linears "
             "run in a float side FULLY_CONNECTED",
             "float fallbacks: " + ", ".join(f"{k} x{v}" for k, v in floating.items()),
