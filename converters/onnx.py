@@ -65,10 +65,12 @@ def embedding_table_bytes(model) -> int:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     tables: set[str] = set()
     for node in model.graph.node:
-        if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
-            tables.add(node.input[0])
+        table = dequantized.get(node.input[0], node.input[0]) if node.op_type == "Gather" else None
+        if table in inits and len(inits[table].dims) == 2:
+            tables.add(table)
         elif node.op_type in ("EmbedLayerNormalization", "QEmbedLayerNormalization"):
             tables.update(name for name in node.input[2:5] if name in inits)
     # A quantized table is stored as int8 + scale: count the integer tensor behind a DequantizeLinear too.
