@@ -70,10 +70,12 @@ def embedding_table_bytes(model) -> int:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     tables: set[str] = set()
     for node in model.graph.node:
-        if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
-            tables.add(node.input[0])
+        table = dequantized.get(node.input[0], node.input[0]) if node.op_type == "Gather" else None
+        if table in inits and len(inits[table].dims) == 2:
+            tables.add(table)
         elif node.op_type == "GatherBlockQuantized" and node.input[0] in inits:  # weight-only: data, scales, zero points
             tables.update(name for i, name in enumerate(node.input) if i != 1 and name in inits)
         elif node.op_type in ("EmbedLayerNormalization", "QEmbedLayerNormalization"):
@@ -176,7 +178,7 @@ def torchscript_export(
 @register_converter
 class ONNXConverter(Converter):
     format = "onnx"
-    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
+    precisions = ("fp32", "fp16", "int8", "int8-static", "int8-weights", "int4-weights")
     input_dtype = "int64"
     lowers_control_flow = True
     mixed_precision = True
@@ -192,9 +194,15 @@ class ONNXConverter(Converter):
         if hasattr(model, "segments"):  # early exit: segments composed under If nodes
             if weight_only_precision(spec.precision):
                 raise UserError(f"onnx: precision '{spec.precision}' is not implemented for early-exit models; use fp32, fp16 or int8")
+            if spec.precision == "int8-static":
+                raise UserError("onnx int8-static does not support early-exit models yet; use int8 (dynamic) with early exit")
             from converters._onnx_early_exit import lower_early_exit
 
             return lower_early_exit(self, model, spec, workdir)
+        if spec.precision == "int8-static":  # QDQ int8 weights + calibrated int8 activations
+            from converters._onnx_static import lower_static
+
+            return lower_static(self, model, spec, workdir)
         args = tuple(torch.from_numpy(np.asarray(spec.example_inputs[n][:1], dtype=np.int64)) for n in spec.input_names)
         static_sequence = bool(getattr(model, "static_sequence", False))
         dynamic = {n: {0: "batch"} if static_sequence else {0: "batch", 1: "sequence"} for n in spec.input_names}

@@ -57,6 +57,7 @@ PRECISION_NOTES = {
     "fp32": "fp32: float32 weights and activations",
     "fp16": "fp16: float16 weights expanded by DEQUANTIZE ops, float32 compute",
     "int8": "int8: dynamic-range quantization, int8 weights (channelwise, symmetric) / float activations",
+    "int8-static": "int8-static: int8 weights and activations with calibrated ranges (converters._tflite_static)",
 }
 
 #: Ops whose constant operand at this input index is an embedding table.
@@ -357,7 +358,7 @@ class TFLiteConverter(Converter):
     """PyTorch -> `.tflite` with litert-torch; fp16 / int8 with ai-edge-quantizer; builtin ops only."""
 
     format = "tflite"
-    precisions = ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
+    precisions = ("fp32", "fp16", "int8", "int8-static", "int8-weights", "int4-weights")
     input_dtype = "int32"
     lowers_control_flow = True
 
@@ -366,6 +367,8 @@ class TFLiteConverter(Converter):
         if hasattr(model, "segments"):  # early exit: IF ops from tf.cond
             if weight_only:
                 raise UserError(f"tflite: precision '{spec.precision}' is not implemented for early-exit models; use fp32, fp16 or int8")
+            if spec.precision == "int8-static":
+                raise UserError("tflite int8-static does not support early-exit models yet; use int8 (dynamic) with early exit")
             from converters._tflite_early_exit import lower_early_exit
 
             return lower_early_exit(self, model, spec, workdir)
@@ -373,6 +376,10 @@ class TFLiteConverter(Converter):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / f"{spec.stem}{SUFFIX}"
+        if spec.precision == "int8-static":  # selective static int8 with calibrated activation ranges
+            from converters._tflite_static import lower_static
+
+            return lower_static(self, model, spec, workdir)
 
         data = quantize_tflite(_torch_to_tflite_bytes(model, spec), spec.precision)
         ops = check_builtin_ops(data)  # raises before anything is written

@@ -361,6 +361,11 @@ def export(
                 "Core ML: prediction needs macOS; on this host the saved ML program was interpreted op by op in "
                 "numpy (MIL reference on host, not device kernels) to measure fidelity; latency not run."
             )
+        if "int8-static" in chosen_precisions:
+            notes.append(
+                "int8-static activation ranges were calibrated on the first 64 verification texts: pass --texts with a "
+                "held-out set for an unbiased figure (bench/static_int8.py measures on held-out texts)"
+            )
         if calibrated_on_verification_texts:
             notes.append(
                 "recipe passes and int8 calibration used the same verification texts the fidelity is measured on: "

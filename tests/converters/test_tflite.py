@@ -158,7 +158,7 @@ def test_converter_is_registered_with_its_contract():
     conv = get_converter("tflite")
     assert isinstance(conv, TFLiteConverter)
     assert conv.format == "tflite"
-    assert conv.precisions == ("fp32", "fp16", "int8", "int8-weights", "int4-weights")
+    assert conv.precisions == ("fp32", "fp16", "int8", "int8-static", "int8-weights", "int4-weights")
     assert conv.input_dtype == "int32"
 
 
