@@ -1,7 +1,8 @@
 """Compression passes on the embedded teacher, measured in the exported artifacts.
 
 For each pass setting: apply it to a copy of all-MiniLM-L6-v2, export ONNX fp32 (and TFLite fp32 where
-asked), then measure in each artifact's own runtime on this host:
+asked); for each quantization (fp16, int8 dynamic / static, weight-only int8 / int4) export the teacher at that
+precision in ONNX and TFLite (calibrated on the calibration split); then measure in each artifact's own runtime on this host:
 size MB with / without embedding tables, % of the teacher's size (same format), latency speedup vs
 the fp32 ONNX teacher (1 thread, batch 1, seq 128, median of repeated runs after warm-up, rounds
 interleaved across models so background load hits all of them alike), and mean / min cosine vs the
@@ -52,6 +53,16 @@ SETTINGS: list[tuple[str, list[tuple[str, dict]], bool]] = [
     ("vocab-prune (calibration texts)", [("vocab-prune", {})], True),
     ("token-skip keep=0.5@2", [("token-skip", {"keep": "0.5@2"})], True),
 ]
+#: quantization, lowered natively by each converter: (label, precision); ONNX and TFLite, calibrated on the calibration split
+QUANTIZATION: list[tuple[str, str]] = [
+    ("fp16", "fp16"),
+    ("int8 dynamic", "int8"),
+    ("int8-static", "int8-static"),
+    ("int8-weights", "int8-weights"),
+    ("int4-weights", "int4-weights"),
+]
+#: Core ML rows of the quantization settings (size + weight round-trip); Core ML has no int8 activations here
+COREML_QUANTIZATION = {"int8-weights", "int4-weights"}
 #: settings whose Core ML fp16 export is also written (size + weight round-trip; prediction needs macOS)
 COREML = {"teacher", "share-layers every=2", "prune-weights sparsity=0.5", "palettize bits=4 (encoder)", "vocab-prune (calibration texts)"}
 _COUNTED_OPS = ("MatMul", "Gemm", "FULLY_CONNECTED")
@@ -64,16 +75,17 @@ def _run_all(runtime, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def _coreml_row(label: str, model, teacher, one: dict[str, np.ndarray], out: Path) -> dict:
-    """Core ML fp16 (iOS16): size on disk and the weight round-trip against the torch model (prediction needs macOS)."""
+def _coreml_row(label: str, model, teacher, one: dict[str, np.ndarray], out: Path, precision: str = "fp16") -> dict:
+    """Core ML (iOS16, or what the precision needs): size on disk and the weight round-trip against the torch model
+    (prediction needs macOS)."""
     from converters.coreml import weight_roundtrip
 
-    art = get_converter("coreml").lower(model, teacher.export_spec("fp16", one, deployment_target="iOS16"), out)
+    art = get_converter("coreml").lower(model, teacher.export_spec(precision, one, deployment_target="iOS16"), out)
     size, emb = art.size_bytes(), art.embedding_bytes
     return {
         "method": label,
         "format": "coreml",
-        "precision": "fp16",
+        "precision": precision,
         "size_mb": size / 1e6,
         "size_without_embeddings_mb": None if emb is None else (size - emb) / 1e6,
         "weight_roundtrip": weight_roundtrip(art, model).summary(),
@@ -85,15 +97,15 @@ def _coreml_row(label: str, model, teacher, one: dict[str, np.ndarray], out: Pat
 
 def _markdown(rows: list[dict], n_eval: int) -> str:
     lines = [
-        f"fp32, 1 thread, seq {SEQ_LEN}, batch 1; cosine vs the PyTorch teacher on {n_eval} held-out texts; no fine-tuning",
+        f"1 thread, seq {SEQ_LEN}, batch 1; cosine vs the PyTorch teacher on {n_eval} held-out texts; no fine-tuning",
         "",
-        "| method | format | size MB | without embeddings MB | % of teacher | latency ms | speedup vs ONNX teacher | cos mean | cos min |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | format | precision | size MB | w/o emb MB | % of teacher | latency ms | speedup vs ONNX fp32 | cos mean | cos min |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         no_emb = "-" if r["size_without_embeddings_mb"] is None else f"{r['size_without_embeddings_mb']:.1f}"
         lines.append(
-            f"| {r['method']} | {r['format']} | {r['size_mb']:.1f} | {no_emb} | {r['size_pct_of_teacher']:.0f}% | "
+            f"| {r['method']} | {r['format']} | {r['precision']} | {r['size_mb']:.1f} | {no_emb} | {r['size_pct_of_teacher']:.0f}% | "
             f"{r['latency_ms_median']:.1f} | {r['speedup_vs_onnx_teacher']:.2f}x | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} |"
         )
     return "\n".join(lines)
@@ -126,8 +138,11 @@ def main() -> None:
     coreml_rows: list[dict] = []
     runtimes: dict[tuple[str, str], object] = {}
     latency_inputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    calib = teacher.tokenize(calib_texts[:64], SEQ_LEN)
+    calibration = [{k: v[i : i + 1] for k, v in calib.items()} for i in range(len(calib["input_ids"]))]
+    settings = [(label, steps, tfl, "fp32") for label, steps, tfl in SETTINGS] + [(label, [], True, prec) for label, prec in QUANTIZATION]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, steps, some_tflite in SETTINGS:
+        for label, steps, some_tflite, precision in settings:
             console.print(f"[bold]{label}[/bold]")
             model = copy.deepcopy(teacher.module)
             ctx = PassContext(teacher=teacher, texts=calib_texts, profile=None, seq_len=SEQ_LEN)
@@ -155,7 +170,8 @@ def main() -> None:
             formats = ["onnx"] + (["tflite"] if args.tflite == "all" or (args.tflite == "some" and some_tflite) else [])
             for fmt in formats:
                 conv = get_converter(fmt)
-                spec = teacher.export_spec("fp32", student_one)
+                spec = teacher.export_spec(precision, student_one)
+                spec.calibration_inputs = calibration
                 started = time.perf_counter()
                 art = conv.lower(model, spec, Path(tmp) / f"{label.replace(' ', '_')}-{fmt}")
                 export_s = time.perf_counter() - started
@@ -171,7 +187,7 @@ def main() -> None:
                         "method": label,
                         "passes": [{"name": n, "options": o} for n, o in steps],
                         "format": fmt,
-                        "precision": "fp32",
+                        "precision": precision,
                         "size_mb": size / 1e6,
                         "size_without_embeddings_mb": None if emb is None else (size - emb) / 1e6,
                         "parameters": params,
@@ -187,8 +203,9 @@ def main() -> None:
                     }
                 )
                 console.print(f"  {fmt}: {size / 1e6:.1f} MB, mean cosine {cos.mean():.4f}, exported in {export_s:.1f} s")
-            if args.coreml and label in COREML:
-                coreml_rows.append(_coreml_row(label, model, teacher, student_one, Path(tmp) / f"{label.replace(' ', '_')}-coreml"))
+            if args.coreml and (label in COREML or label in COREML_QUANTIZATION):
+                out = Path(tmp) / f"{label.replace(' ', '_')}-coreml"
+                coreml_rows.append(_coreml_row(label, model, teacher, student_one, out, "fp16" if precision == "fp32" else precision))
                 console.print(f"  coreml fp16: {coreml_rows[-1]['size_mb']:.1f} MB, {coreml_rows[-1]['weight_roundtrip']}")
 
         # Latency: interleaved rounds over every artifact, 1 thread, [1, 128] input.
@@ -208,13 +225,14 @@ def main() -> None:
         r["speedup_vs_onnx_teacher"] = onnx_teacher / latency[key]
         r["size_pct_of_teacher"] = 100.0 * r["size_mb"] / sizes[r["format"]]
 
-    table = Table(title=f"passes on all-MiniLM-L6-v2 — fp32, 1 thread, seq {SEQ_LEN}, {len(eval_texts)} held-out texts")
-    for col in ("method", "format", "size MB", "w/o emb MB", "% teacher", "latency ms", "speedup", "cos mean", "cos min"):
+    table = Table(title=f"passes on all-MiniLM-L6-v2 — 1 thread, seq {SEQ_LEN}, {len(eval_texts)} held-out texts")
+    for col in ("method", "format", "precision", "size MB", "w/o emb MB", "% teacher", "latency ms", "speedup", "cos mean", "cos min"):
         table.add_column(col, justify="left" if col in ("method", "format") else "right")
     for r in rows:
         table.add_row(
             r["method"],
             r["format"],
+            r["precision"],
             f"{r['size_mb']:.1f}",
             "-" if r["size_without_embeddings_mb"] is None else f"{r['size_without_embeddings_mb']:.1f}",
             f"{r['size_pct_of_teacher']:.0f}%",
@@ -227,13 +245,13 @@ def main() -> None:
     print(_markdown(rows, len(eval_texts)))
     if coreml_rows:
         base_coreml = next((r["size_mb"] for r in coreml_rows if r["method"] == "teacher"), None)
-        print("\n| method | Core ML fp16 MB | without embeddings MB | % of fp16 teacher | weight round-trip |")
-        print("| --- | ---: | ---: | ---: | --- |")
+        print("\n| method | Core ML precision | MB | without embeddings MB | % of fp16 teacher | weight round-trip |")
+        print("| --- | --- | ---: | ---: | ---: | --- |")
         for r in coreml_rows:
             r["size_pct_of_teacher"] = None if base_coreml is None else 100.0 * r["size_mb"] / base_coreml
             pct = "-" if r["size_pct_of_teacher"] is None else f"{r['size_pct_of_teacher']:.0f}%"
             no_emb = "-" if r["size_without_embeddings_mb"] is None else f"{r['size_without_embeddings_mb']:.1f}"
-            print(f"| {r['method']} | {r['size_mb']:.1f} | {no_emb} | {pct} | {r['weight_roundtrip']} |")
+            print(f"| {r['method']} | {r['precision']} | {r['size_mb']:.1f} | {no_emb} | {pct} | {r['weight_roundtrip']} |")
     result = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "teacher": teacher.name,
