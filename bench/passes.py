@@ -9,7 +9,7 @@ interleaved across models so background load hits all of them alike), and mean /
 PyTorch teacher on held-out texts (passes calibrate on the other shipped texts, never on these).
 Prints a table and writes JSON (default bench/results/passes.json).
 
-    python bench/passes.py [--eval-texts N] [--rounds N] [--repeats N] [--tflite all|some|none] [--json PATH]
+    python bench/passes.py [--eval-texts N] [--rounds N] [--repeats N] [--tflite all|some|none] [--only REGEX] [--json PATH]
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per round (after 3 warm-up runs)")
     parser.add_argument("--tflite", choices=["all", "some", "none"], default="some", help="which settings also export TFLite fp32")
     parser.add_argument("--coreml", action=argparse.BooleanOptionalAction, default=True, help="Core ML fp16 size + weight round-trip")
+    parser.add_argument("--only", default=None, help="regular expression: run only the settings whose label matches (teacher always runs)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "passes.json")
     args = parser.parse_args()
     console = Console(width=200)
@@ -141,6 +142,10 @@ def main() -> None:
     calib = teacher.tokenize(calib_texts[:64], SEQ_LEN)
     calibration = [{k: v[i : i + 1] for k, v in calib.items()} for i in range(len(calib["input_ids"]))]
     settings = [(label, steps, tfl, "fp32") for label, steps, tfl in SETTINGS] + [(label, [], True, prec) for label, prec in QUANTIZATION]
+    if args.only:
+        import re
+
+        settings = [s for s in settings if s[0] == "teacher" or re.search(args.only, s[0])]
     with tempfile.TemporaryDirectory() as tmp:
         for label, steps, some_tflite, precision in settings:
             console.print(f"[bold]{label}[/bold]")

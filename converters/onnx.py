@@ -240,8 +240,8 @@ class ONNXConverter(Converter):
                 notes.extend(plan.notes())
             else:
                 onnx.save_model(model_proto, str(target))
-            if deduped:
-                notes.append(f"identical weights stored once (shared layers): {deduped / 1e6:.1f} MB of copies removed")
+            if deduped >= 0.01 * target.stat().st_size:  # shared layers, not the odd repeated small constant
+                notes.append(f"identical weights stored once (shared layers): {deduped / 1e6:.2f} MB of copies removed")
         finally:
             raw.unlink(missing_ok=True)
         saved = onnx.load(str(target))
