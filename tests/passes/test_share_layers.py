@@ -121,6 +121,7 @@ def test_artifact_stores_shared_layers_once(helpers, tmp_path, fmt, precision):
     # within 2% of one layer of the 2-layer model: the shared positions hold one constant
     assert abs(sizes["shared"] - sizes["two"]) < 0.02 * layer_bytes, sizes
     if fmt == "onnx":
+        assert any(n.startswith("identical weights stored once") for n in shared_art.notes)
         got = run_artifact(conv, shared_art, h.inputs, h.teacher.output_name)
         with torch.no_grad():
             ref = shared(**{k: torch.from_numpy(v) for k, v in h.inputs.items()}).numpy()
