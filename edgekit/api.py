@@ -256,6 +256,7 @@ def export(
     corpus: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     min_fidelity: float | None = None,
+    calibration_texts: str | Path | None = None,
 ) -> ExportResult:
     """Export `model` (default: the embedded teacher) for `device`; see `edgekit export --help`."""
     say = progress or (lambda _msg: None)
@@ -287,6 +288,8 @@ def export(
     say("loading teacher")
     teacher = load_teacher(model, allow_pickle=allow_pickle)
     sample_texts = load_texts(texts, limit=max_texts)
+    # Passes and quantizers learn from these; verified on `sample_texts`. Separate texts make the fidelity unbiased.
+    learn_texts = load_texts(calibration_texts) if calibration_texts is not None else sample_texts
     seq_len = profile.seq_len
     inputs = teacher.tokenize(sample_texts, seq_len)
     threads = _host_threads(profile)
@@ -295,7 +298,7 @@ def export(
 
     # Passes work on a copy: the teacher stays the untouched reference every artifact is compared with.
     student = copy.deepcopy(teacher.module) if parsed.passes else teacher.module
-    ctx = PassContext(teacher=teacher, texts=sample_texts, profile=profile, seq_len=seq_len, corpus=corpus, checkpoint_dir=checkpoint_dir)
+    ctx = PassContext(teacher=teacher, texts=learn_texts, profile=profile, seq_len=seq_len, corpus=corpus, checkpoint_dir=checkpoint_dir)
     for step, pass_ in zip(parsed.passes, passes, strict=True):
         say(f"pass {step.name}")
         student = pass_.apply(student, ctx)
@@ -304,7 +307,9 @@ def export(
     # the artifacts see the student's tokenizer (vocab-prune rewrites it); the reference keeps the teacher's
     shipped = dataclasses.replace(teacher, tokenizer=ctx.tokenizer) if ctx.tokenizer is not None else teacher
     artifact_inputs = shipped.tokenize(sample_texts, seq_len) if ctx.tokenizer is not None else inputs
-    calibrated_on_verification_texts = bool(parsed.passes) or "int8" in chosen_precisions
+    calibrated = [p for p in chosen_precisions if p in ("int8", "int8-static")]
+    calibration_inputs = shipped.tokenize(learn_texts[:64], seq_len) if calibration_texts is not None else artifact_inputs
+    calibrated_on_verification_texts = calibration_texts is None and bool(parsed.passes or calibrated)
 
     artifact_reports: list[ArtifactReport] = []
     notes: list[str] = []
@@ -315,10 +320,12 @@ def export(
                 spec = shipped.export_spec(
                     precision,
                     artifact_inputs,
-                    calibration=64,
+                    calibration=0,
                     deployment_target=profile.deployment_target,
                     min_fidelity=min_fidelity if precision == "int8" else None,
                 )
+                n_calib = min(64, len(calibration_inputs["input_ids"]))
+                spec.calibration_inputs = [{k: v[i : i + 1] for k, v in calibration_inputs.items()} for i in range(n_calib)]
                 if hasattr(student, "segments"):
                     spec.output_names = [teacher.output_name, EXIT_LAYER]
                 started = time.perf_counter()
@@ -361,15 +368,18 @@ def export(
                 "Core ML: prediction needs macOS; on this host the saved ML program was interpreted op by op in "
                 "numpy (MIL reference on host, not device kernels) to measure fidelity; latency not run."
             )
-        if "int8-static" in chosen_precisions:
-            notes.append(
-                "int8-static activation ranges were calibrated on the first 64 verification texts: pass --texts with a "
-                "held-out set for an unbiased figure (bench/static_int8.py measures on held-out texts)"
-            )
         if calibrated_on_verification_texts:
+            parts = (["recipe passes"] if parsed.passes else []) + ([f"{'/'.join(calibrated)} calibration"] if calibrated else [])
+            what = " and ".join(parts)
             notes.append(
-                "recipe passes and int8 calibration used the same verification texts the fidelity is measured on: "
-                "pass --texts with a held-out set for an unbiased figure (bench/ scripts use a held-out split)"
+                f"{what} used the same verification texts the fidelity is measured on (optimistic): pass "
+                "--calibration-texts with other texts for an unbiased figure (bench/ scripts use a held-out split)"
+            )
+        elif calibration_texts is not None:
+            shared = len(set(learn_texts) & set(sample_texts))
+            notes.append(
+                f"passes and calibration learned from {len(learn_texts)} texts of {calibration_texts}; fidelity is measured on "
+                f"the {len(sample_texts)} verification texts" + (f" ({shared} of which are also calibration texts)" if shared else "")
             )
         say("writing bundle")
         tok_dir = staging / "tokenizer"

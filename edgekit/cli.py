@@ -75,6 +75,14 @@ def export(
     texts: Annotated[
         Path | None, typer.Option("--texts", help="Verification texts: a .txt file (one per line) or a directory. Default: samples/texts.")
     ] = None,
+    calibration_texts: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration-texts",
+            help="Texts passes and int8 calibration learn from (a .txt file or directory). Default: the verification texts "
+            "themselves, which flatters fidelity; give other texts for an unbiased figure.",
+        ),
+    ] = None,
     max_texts: Annotated[
         int | None, typer.Option("--max-texts", min=2, help="Use only the first N verification texts (faster, less precise).")
     ] = None,
@@ -139,6 +147,7 @@ def export(
             corpus=corpus,
             checkpoint_dir=checkpoint_dir,
             min_fidelity=min_fidelity,
+            calibration_texts=calibration_texts,
         )
         if last:
             err.print(f"[green]✓[/green] {last[-1]}")

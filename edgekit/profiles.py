@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgekit.errors import UserError
 
 Format = Literal["onnx", "tflite", "coreml"]
-Precision = Literal["fp32", "fp16", "int8"]
+#: the precision words of `edgekit.recipe.PRECISION_MEANINGS` (a test keeps the two in step)
+Precision = Literal["fp32", "fp16", "int8", "int8-static", "int8-weights", "int4-weights"]
 
 
 class _Strict(BaseModel):

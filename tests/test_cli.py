@@ -160,6 +160,25 @@ def test_min_fidelity_keeps_sensitive_ops_float_and_says_so(tiny_model_dirs, tmp
     assert any("--min-fidelity 0.99999 not applied: tflite" in n for n in notes["tflite"])
 
 
+def test_calibration_texts_are_kept_apart_from_verification(tiny_model_dirs, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(f"calibration sentence number {i} about the weather" for i in range(20)), encoding="utf-8")
+    args = ["export", "--model", str(tiny_model_dirs["bert-embedding"]), "--formats", "onnx", "--precision", "int8", *FAST]
+    out = tmp_path / "b"
+    proc = run_cli(*args, "--calibration-texts", str(calib), "--out", str(out), "--allow-over-budget")
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any(f"learned from 20 texts of {calib}" in n and "measured on the 16 verification texts" in n for n in notes), notes
+    assert not any("optimistic" in n for n in notes)
+    biased = tmp_path / "biased"
+    proc = run_cli(*args, "--out", str(biased), "--allow-over-budget")
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads((biased / "report.json").read_text())["notes"]
+    assert any(n.startswith("int8 calibration used the same verification texts") and "--calibration-texts" in n for n in notes), notes
+    missing = tmp_path / "m"
+    _assert_user_error(run_cli(*args, "--calibration-texts", str(tmp_path / "nope.txt"), "--out", str(missing)), "does not exist", missing)
+
+
 def test_devices_table_and_json():
     proc = run_cli("devices")
     assert proc.returncode == 0 and "pixel4" in proc.stdout and "iphone13" in proc.stdout

@@ -29,6 +29,23 @@ def test_user_profile_file(tmp_path):
     assert load_profile(str(path)).name == "my-phone"
 
 
+def test_profiles_accept_every_precision_word_and_refuse_others(tmp_path):
+    from typing import get_args
+
+    from edgekit.profiles import Precision
+    from edgekit.recipe import PRECISIONS
+
+    assert set(get_args(Precision)) == set(PRECISIONS)
+    text = (load_profile.__globals__["_profile_dir"]() / "pixel4.yaml").read_text()
+    assert "precisions: [fp32, int8]" in text
+    path = tmp_path / "static.yaml"
+    path.write_text(text.replace("precisions: [fp32, int8]", "precisions: [int8-static, int4-weights]"))
+    assert load_profile(str(path)).precisions == ["int8-static", "int4-weights"]
+    path.write_text(text.replace("precisions: [fp32, int8]", "precisions: [int3]"))
+    with pytest.raises(UserError):
+        load_profile(str(path))
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [("name: [unclosed", "not valid YAML"), ("- a\n- b\n", "mapping"), ("name: x\n", "invalid at")],

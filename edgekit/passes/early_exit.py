@@ -85,7 +85,9 @@ class EarlyExit(Pass):
         if criterion == "patience" and len(cfg.layers) < 2:
             raise UserError("early-exit: patience needs at least two exits to compare, e.g. layers=2,4")
         if len(ctx.texts) < 10:
-            raise UserError(f"early-exit: {len(ctx.texts)} texts are too few to train exit heads; pass --texts with at least 10")
+            raise UserError(
+                f"early-exit: {len(ctx.texts)} texts are too few to train exit heads; pass --texts or --calibration-texts with at least 10"
+            )
         started = time.perf_counter()
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(ctx.texts))
