@@ -19,7 +19,6 @@ import copy
 import datetime as _dt
 import json
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from edgekit.model import load_teacher
 from edgekit.passes import PassContext, get_pass
 from edgekit.verify.fidelity import cosine_rows
 from edgekit.verify.latency import host_description, time_runs
-from edgekit.verify.texts import load_texts
+from edgekit.verify.texts import heldout_split, load_texts
 
 SEQ_LEN = 128
 #: (label, [(pass, options), ...], export TFLite too when --tflite=some)
@@ -126,10 +125,7 @@ def main() -> None:
 
     teacher = load_teacher()
     texts = load_texts()
-    order = list(range(len(texts)))
-    random.Random(0).shuffle(order)
-    eval_texts = [texts[i] for i in sorted(order[: args.eval_texts])]
-    calib_texts = [texts[i] for i in sorted(order[args.eval_texts :])]
+    eval_texts, calib_texts = heldout_split(texts, args.eval_texts)
     eval_inputs = teacher.tokenize(eval_texts, SEQ_LEN)
     reference = np.concatenate([teacher.run({k: v[i : i + 25] for k, v in eval_inputs.items()}) for i in range(0, len(eval_texts), 25)])
     one = teacher.tokenize([LATENCY_TEXT], SEQ_LEN)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from converters.base import get_converter
 from edgekit.model import load_teacher
 from edgekit.verify.fidelity import cosine_rows
 from edgekit.verify.latency import host_description, time_runs
-from edgekit.verify.texts import load_texts
+from edgekit.verify.texts import heldout_split, load_texts
 
 SEQ_LEN = 128
 EVAL_TEXTS = 100
@@ -46,10 +45,7 @@ def main() -> None:
 
     teacher = load_teacher()
     texts = load_texts()
-    order = list(range(len(texts)))
-    random.Random(0).shuffle(order)
-    eval_texts = [texts[i] for i in sorted(order[:EVAL_TEXTS])]
-    calib_texts = [texts[i] for i in sorted(order[EVAL_TEXTS:])]
+    eval_texts, calib_texts = heldout_split(texts, EVAL_TEXTS)
     eval_inputs = teacher.tokenize(eval_texts, SEQ_LEN)
     calib_inputs = teacher.tokenize(calib_texts, SEQ_LEN)
     one = teacher.tokenize([LATENCY_TEXT], SEQ_LEN)

@@ -18,7 +18,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from converters.base import get_converter
 from edgekit.model import default_teacher_dir, load_teacher
 from edgekit.verify.fidelity import cosine_rows
 from edgekit.verify.latency import host_description, time_runs
-from edgekit.verify.texts import load_texts
+from edgekit.verify.texts import heldout_split, load_texts
 
 SEQ_LEN = 128
 LATENCY_TEXT = "The quick brown fox jumps over the lazy dog near the riverbank."
@@ -94,10 +93,7 @@ def main() -> None:
 
     teacher = load_teacher()
     texts = load_texts()
-    order = list(range(len(texts)))
-    random.Random(0).shuffle(order)
-    eval_texts = [texts[i] for i in sorted(order[: args.eval_texts])]
-    calib_texts = [texts[i] for i in sorted(order[args.eval_texts :])]
+    eval_texts, calib_texts = heldout_split(texts, args.eval_texts)
     eval_inputs = teacher.tokenize(eval_texts, SEQ_LEN)
     reference = teacher.run(eval_inputs)
     one = teacher.tokenize([LATENCY_TEXT], SEQ_LEN)

@@ -23,3 +23,18 @@ def load_texts(path: str | Path | None = None, limit: int | None = None) -> list
     if not texts:
         raise UserError(f"no texts found in {source}; give one text per line in UTF-8 .txt files")
     return texts[:limit] if limit else texts
+
+
+def heldout_split(texts: list[str], n_eval: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(held-out texts, the rest) by a seeded shuffle of the indices, each list in its original order.
+
+    The benches measure fidelity on the held-out part and let passes / quantizers learn from the rest,
+    so a figure is never flattered by texts the model was tuned on.
+    """
+    import random
+
+    if not 0 < n_eval < len(texts):
+        raise UserError(f"cannot hold out {n_eval} of {len(texts)} texts; hold out between 1 and {len(texts) - 1}")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    return [texts[i] for i in sorted(order[:n_eval])], [texts[i] for i in sorted(order[n_eval:])]
