@@ -63,10 +63,8 @@ def lower_early_exit(conv, model, spec: ExportSpec, workdir: Path) -> Artifact:
         SIGNATURE_KEY,
         SUFFIX,
         _tool_versions,
-        check_builtin_ops,
-        embedding_table_bytes,
+        finish_artifact,
         quantize_tflite,
-        write_flatbuffer,
     )
 
     conv.check_precision(spec.precision)
@@ -87,26 +85,16 @@ def lower_early_exit(conv, model, spec: ExportSpec, workdir: Path) -> Artifact:
         data = bytes(converter.convert())
     if spec.precision == "fp16":
         data = quantize_tflite(data, spec.precision)
-    ops = check_builtin_ops(data)
     path = workdir / f"{spec.stem}{SUFFIX}"
-    inputs, outputs = write_flatbuffer(data, spec, path)
     threshold = float(model.threshold[0])
-    return Artifact(
-        format=conv.format,
-        precision=spec.precision,
-        path=path,
-        inputs=inputs,
-        outputs=outputs,
-        ops=ops,
-        embedding_bytes=embedding_table_bytes(data),
-        notes=[
-            f"early exit: {len(model.exits)} nested IF ops from tf.cond over TensorFlow stages built from the torch weights",
-            f"criterion {model.criterion}, threshold {threshold:g} baked into the graph (re-export to change it)",
-            "int8: TF converter dynamic-range quantization (int8 weights incl. the embedding table, float activations)"
-            if spec.precision == "int8"
-            else PRECISION_NOTES[spec.precision],
-            f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), outputs {', '.join(spec.output_names)}; "
-            "builtin ops only",
-            f"tensorflow {tf.__version__}; " + _tool_versions(spec.precision),
-        ],
-    )
+    notes = [
+        f"early exit: {len(model.exits)} nested IF ops from tf.cond over TensorFlow stages built from the torch weights",
+        f"criterion {model.criterion}, threshold {threshold:g} baked into the graph (re-export to change it)",
+        "int8: TF converter dynamic-range quantization (int8 weights incl. the embedding table, float activations)"
+        if spec.precision == "int8"
+        else PRECISION_NOTES[spec.precision],
+        f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), outputs {', '.join(spec.output_names)}; "
+        "builtin ops only",
+        f"tensorflow {tf.__version__}; " + _tool_versions(spec.precision),
+    ]
+    return finish_artifact(conv.format, spec, data, path, notes)

@@ -111,9 +111,7 @@ def lower_static(converter, model: nn.Module, spec: ExportSpec, workdir: Path) -
         SUFFIX,
         _tool_versions,
         _torch_to_tflite_bytes,
-        check_builtin_ops,
-        embedding_table_bytes,
-        write_flatbuffer,
+        finish_artifact,
     )
 
     path = workdir / f"{spec.stem}{SUFFIX}"
@@ -122,27 +120,17 @@ def lower_static(converter, model: nn.Module, spec: ExportSpec, workdir: Path) -
     split, chosen = split_outlier_channels(model, rows, OUTLIER_CHANNELS)
     data = _torch_to_tflite_bytes(split, spec)
     data = quantize_static(data, [{k: v.astype(np.int32) for k, v in r.items()} for r in rows], SIGNATURE_KEY)
-    ops = check_builtin_ops(data)
     quantized, floating = int8_activation_ops(data)
-    inputs, outputs = write_flatbuffer(data, spec, path)
-    return Artifact(
-        format=converter.format,
-        precision=spec.precision,
-        path=path,
-        inputs=inputs,
-        outputs=outputs,
-        ops=ops,
-        embedding_bytes=embedding_table_bytes(data),
-        notes=[
-            "int8-static: int8 activations (static ranges) and channelwise int8 weights on "
-            + ", ".join(f"{k} x{v}" for k, v in quantized.items()),
-            f"calibration: {CALIBRATION_METHOD} over {len(rows)} sample texts",
-            "embedding table: int8 weights (channelwise), float lookup output",
-            f"outlier channels: the {OUTLIER_CHANNELS} largest-range input channels of each of {len(chosen)} Linears "
-            "run in a float side FULLY_CONNECTED",
-            "float fallbacks: " + ", ".join(f"{k} x{v}" for k, v in floating.items()),
-            f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), "
-            f"outputs {', '.join(spec.output_names)} (float32); builtin ops only",
-            _tool_versions(spec.precision),
-        ],
-    )
+    notes = [
+        "int8-static: int8 activations (static ranges) and channelwise int8 weights on "
+        + ", ".join(f"{k} x{v}" for k, v in quantized.items()),
+        f"calibration: {CALIBRATION_METHOD} over {len(rows)} sample texts",
+        "embedding table: int8 weights (channelwise), float lookup output",
+        f"outlier channels: the {OUTLIER_CHANNELS} largest-range input channels of each of {len(chosen)} Linears "
+        "run in a float side FULLY_CONNECTED",
+        "float fallbacks: " + ", ".join(f"{k} x{v}" for k, v in floating.items()),
+        f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), "
+        f"outputs {', '.join(spec.output_names)} (float32); builtin ops only",
+        _tool_versions(spec.precision),
+    ]
+    return finish_artifact(converter.format, spec, data, path, notes)

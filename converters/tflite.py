@@ -353,6 +353,23 @@ def write_flatbuffer(data: bytes, spec: ExportSpec, path: Path) -> tuple[list[Te
     return [in_by_name[n] for n in spec.input_names], [out_by_name[n] for n in spec.output_names]
 
 
+def finish_artifact(fmt: str, spec: ExportSpec, data: bytes, path: Path, notes: list[str]) -> Artifact:
+    """Every TFLite artifact ends here: builtin ops checked (raises before anything is written), written atomically
+    with its signature read back, and described (ops, embedding bytes, notes)."""
+    ops = check_builtin_ops(data)
+    inputs, outputs = write_flatbuffer(data, spec, path)
+    return Artifact(
+        format=fmt,
+        precision=spec.precision,
+        path=path,
+        inputs=inputs,
+        outputs=outputs,
+        ops=ops,
+        embedding_bytes=embedding_table_bytes(data),
+        notes=notes,
+    )
+
+
 @register_converter
 class TFLiteConverter(Converter):
     """PyTorch -> `.tflite` with litert-torch; fp16 / int8 with ai-edge-quantizer; builtin ops only."""
@@ -382,30 +399,19 @@ class TFLiteConverter(Converter):
             return lower_static(self, model, spec, workdir)
 
         data = quantize_tflite(_torch_to_tflite_bytes(model, spec), spec.precision)
-        ops = check_builtin_ops(data)  # raises before anything is written
         if weight_only:
             from converters._tflite_weight_only import check_and_describe
 
             precision_notes = check_and_describe(data, spec.precision)  # raises if the weights stayed float
         else:
             precision_notes = [PRECISION_NOTES[spec.precision]]
-
-        inputs, outputs = write_flatbuffer(data, spec, path)
-        return Artifact(
-            format=self.format,
-            precision=spec.precision,
-            path=path,
-            inputs=inputs,
-            outputs=outputs,
-            ops=ops,
-            embedding_bytes=embedding_table_bytes(data),
-            notes=[
-                *precision_notes,
-                f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), "
-                f"outputs {', '.join(spec.output_names)}; builtin ops only",
-                _tool_versions(spec.precision),
-            ],
-        )
+        notes = [
+            *precision_notes,
+            f"signature '{SIGNATURE_KEY}': inputs {', '.join(spec.input_names)} (int32), "
+            f"outputs {', '.join(spec.output_names)}; builtin ops only",
+            _tool_versions(spec.precision),
+        ]
+        return finish_artifact(self.format, spec, data, path, notes)
 
     def runtime(self, artifact: Artifact, threads: int) -> LiteRTRuntime:
         return LiteRTRuntime(artifact, threads)
