@@ -22,9 +22,36 @@ import numpy as np
 import torch
 
 from edgekit.errors import UserError
-from edgekit.verify.texts import load_texts
+from edgekit.verify.texts import SAMPLE_TEXTS_DIR, load_texts
 
 AUGMENTATIONS = ("dropout", "mask", "mix", "swap")
+
+#: training-only general text shipped with edgekit (see samples/corpus/README.md)
+SHIPPED_CORPUS_DIR = SAMPLE_TEXTS_DIR.parent / "corpus"
+
+
+def is_shipped_samples(path: str | Path | None) -> bool:
+    """True when `path` means the shipped sample texts (the default corpus), however it was spelled."""
+    if path is None:
+        return True
+    resolved = Path(path).resolve()
+    return resolved == SAMPLE_TEXTS_DIR or resolved.parent == SAMPLE_TEXTS_DIR
+
+
+def shipped_corpus() -> list[str]:
+    """The shipped general training corpus: distinct lines of samples/corpus/*.txt."""
+    return list(dict.fromkeys(load_texts(SHIPPED_CORPUS_DIR)))
+
+
+def normalized(text: str) -> str:
+    """Case, punctuation and spacing folded away: "STOP it!!" and "stop it" are the same text for held-out purposes."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.casefold()).split())
+
+
+def without_heldout(texts: list[str], heldout: list[str]) -> list[str]:
+    """`texts` minus any text that equals a held-out text up to case, punctuation and spacing."""
+    held = {normalized(t) for t in heldout}
+    return [t for t in texts if normalized(t) not in held]
 
 
 def load_corpus(path: str | Path | None) -> list[str]:
@@ -67,13 +94,17 @@ def augment(text: str, kind: str, rng: random.Random, pool: list[str], mask_toke
     return text
 
 
-def epoch_texts(train: list[str], kinds: list[str], copies: int, seed: int, epoch: int, mask_token: str) -> list[str]:
-    """The texts of one epoch, shuffled: every training text, plus `copies` augmented variants of each."""
+def epoch_texts(
+    train: list[str], kinds: list[str], copies: int, seed: int, epoch: int, mask_token: str, plain: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """The texts of one epoch, shuffled: every training text plus `copies` augmented variants of each, and the
+    `plain` (extra) texts once each, unaugmented: augmentation stretches a small corpus, a large one needs none."""
     rng = random.Random(seed * 1_000_003 + epoch)
     texts = list(train)
     if kinds and copies > 0:
         for text in train:
             texts.extend(augment(text, rng.choice(kinds), rng, train, mask_token) for _ in range(copies))
+    texts.extend(plain)
     rng.shuffle(texts)
     return texts
 

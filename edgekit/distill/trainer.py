@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from edgekit.distill import ddp, losses
-from edgekit.distill.capture import capture
+from edgekit.distill.capture import Captured, capture
 from edgekit.distill.data import batches, bucketed_batches, epoch_texts, tokenize
+from edgekit.distill.teacher_cache import TeacherCache
 from edgekit.errors import UserError
 
 #: called after every optimizer step with (epoch, step within the epoch); tests raise KeyboardInterrupt in it
@@ -48,6 +49,7 @@ class Plan:
     teacher: nn.Module
     tokenizer: Any
     task: str
+    #: corpus training texts (augmented) and extra training-only texts (used as they are)
     train: list[str]
     heldout: list[str]
     max_len: int
@@ -79,6 +81,7 @@ class Plan:
     on_step: StepHook | None = None
     console: Console | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -134,13 +137,20 @@ class Trainer:
             self.forward = DistributedDataParallel(plan.student)
         self.params = [q for q in plan.student.parameters() if q.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=plan.lr, weight_decay=plan.weight_decay)
-        self.steps_per_epoch = len(self.my_batches(epoch_texts(plan.train, plan.augment, plan.augment_copies, plan.seed, 0, "[MASK]"), 0))
+        first_epoch = epoch_texts(plan.train, plan.augment, plan.augment_copies, plan.seed, 0, "[MASK]", plan.extra)
+        self.steps_per_epoch = len(self.my_batches(first_epoch, 0))
         total = max(1, self.steps_per_epoch * plan.epochs)
         warm = max(1, int(plan.warmup * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
         )
         self.mask_token = getattr(plan.tokenizer, "mask_token", None) or "[MASK]"
+        # relation losses need the teacher's q/k/v too; they are not cached, so those runs recompute the teacher
+        self.cache = (
+            TeacherCache(set(plan.train) | set(plan.extra), plan.mapping if plan.hidden_weight > 0 else [])
+            if plan.epochs > 1 and not (plan.mapping and (plan.attention_weight or plan.value_weight))
+            else None
+        )
 
     def my_batches(self, texts: list[str], epoch: int) -> list[list[str]]:
         """This rank's batches of the epoch: every `world`-th, the same count on every rank (DDP steps in lockstep)."""
@@ -193,14 +203,27 @@ class Trainer:
         self.p.history[:] = state["history"]
 
     # -- one step ----------------------------------------------------------------------------------
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def teacher_targets(self, batch: dict[str, torch.Tensor], texts: list[str] | None, want_h: bool, want_a: bool, want_v: bool):
+        """The teacher's output and captured tensors for the batch, from the cache when every text is in it."""
+        mask = batch["attention_mask"]
+        if self.cache is not None and texts is not None:
+            hit = self.cache.lookup(texts, mask)
+            if hit is not None:
+                out, states = hit
+                return out, Captured(states=states)
+        with torch.no_grad(), capture(self.p.teacher, self.p.mapping, want_h, want_a, want_v) as tc:
+            t_out = self.p.teacher(**batch)
+        if self.cache is not None and texts is not None:
+            self.cache.store(texts, mask, t_out, tc.states)
+        return t_out, tc
+
+    def loss(self, batch: dict[str, torch.Tensor], texts: list[str] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         p = self.p
         want_h, want_a, want_v = (bool(p.mapping) and w > 0 for w in (p.hidden_weight, p.attention_weight, p.value_weight))
         s_layers = list(range(len(p.mapping)))
         with capture(p.student, s_layers, want_h, want_a, want_v) as sc:
             s_out = self.forward(**batch)
-        with torch.no_grad(), capture(p.teacher, p.mapping, want_h, want_a, want_v) as tc:
-            t_out = p.teacher(**batch)
+        t_out, tc = self.teacher_targets(batch, texts, want_h, want_a, want_v)
         mask = batch["attention_mask"]
         parts = {"output": p.output_weight * losses.output_loss(s_out, t_out, p.task, p.output_kind, p.temperature)}
         if want_h:
@@ -287,10 +310,10 @@ class Trainer:
                 )
                 p.student.train(p.dropout)  # without dropout the student fits the teacher's deterministic outputs directly
                 while epoch < p.epochs:
-                    texts = epoch_texts(p.train, p.augment, p.augment_copies, p.seed, epoch, self.mask_token)
+                    texts = epoch_texts(p.train, p.augment, p.augment_copies, p.seed, epoch, self.mask_token, p.extra)
                     for chunk in self.my_batches(texts, epoch)[step:]:
                         batch = tokenize(p.tokenizer, chunk, p.max_len, p.with_token_types)
-                        loss, _parts = self.loss(batch)
+                        loss, _parts = self.loss(batch, chunk)
                         self.optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         torch.nn.utils.clip_grad_norm_(self.params, 1.0)

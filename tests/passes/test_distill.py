@@ -131,6 +131,9 @@ def test_augmentations_draw_only_from_training_texts():
     assert len(a) == 60 and set(train) <= set(a)
     vocab = {w for t in train for w in t.split()} | {"[MASK]"}
     assert all(set(t.split()) <= vocab for t in a)  # nothing from outside the training side
+    extra = ["an extra text", "another one"]
+    b = epoch_texts(train, ["swap", "mix", "dropout", "mask"], 2, seed=0, epoch=1, mask_token="[MASK]", plain=extra)
+    assert len(b) == 62 and sorted(t for t in b if t in extra) == sorted(extra)  # extra texts once each, never augmented
 
 
 @pytest.mark.parametrize(
@@ -163,7 +166,8 @@ def test_distillation_raises_heldout_fidelity(helpers, corpus, tmp_path):
     before, after = d["heldout_before"]["cosine_mean"], d["heldout_after"]["cosine_mean"]
     # measured: ~0.1 -> ~0.9 (seed 0); demand at least +0.3
     assert after >= before + 0.3, (before, after)
-    assert d["train_texts"] + d["heldout_texts"] == len(set(corpus.read_text().splitlines()))
+    assert d["train_texts"] + d["train_dropped_as_heldout_duplicates"] + d["heldout_texts"] == len(set(corpus.read_text().splitlines()))
+    assert d["extra_texts"] == 0 and d["extra_source"] is None  # extra=auto adds nothing to a user's corpus
     assert rec["params_after"] < rec["params_before"]
     # a finished run is reused, not retrained
     _, rec2 = _distill(h, corpus, tmp_path / "ck", **opts)
@@ -367,7 +371,8 @@ def test_export_with_corpus_trains_on_it_and_ships_the_student(tiny_model_dirs, 
     report = json.loads((out / "report.json").read_text())
     record = next(p for p in report["passes"] if p["pass"] == "distill")
     n_corpus = len(set(corpus.read_text().splitlines()))
-    assert record["distill"]["train_texts"] + record["distill"]["heldout_texts"] == n_corpus
+    d = record["distill"]
+    assert d["train_texts"] + d["train_dropped_as_heldout_duplicates"] + d["heldout_texts"] == n_corpus
     assert record["params_after"] < record["params_before"]
     art = next(a for a in report["artifacts"] if a["format"] == "onnx")
     assert art["precision"] == "int8" and 0 < art["fidelity"]["metrics"]["cosine_mean"] <= 1 + 1e-6
