@@ -3,14 +3,17 @@
 The teacher is frozen and runs in eval mode, so its output and its mapped layers' token states for a given
 text never change. Recomputing them costs a full teacher forward per text per epoch, about 40% of a 3-layer
 student's training step; caching them makes every epoch after the first that much cheaper. Only texts
-that recur are kept: corpus and extra texts, not augmented variants, which are new each epoch. Targets
-are stored as float16, because the 1e-3 relative rounding is far below the losses being fitted. The cache
-stops growing at `max_bytes`, after which uncached texts are simply recomputed.
+that recur are kept: corpus and extra texts, not augmented variants, which are new each epoch. Those
+are run through the teacher on their own (not with the whole batch) and held only for the current batch.
+Targets are stored as float16, because the 1e-3 relative rounding is far below the losses being fitted.
+The cache stops growing at `max_bytes`, after which texts past the budget are recomputed each time.
 """
 
 from __future__ import annotations
 
 import torch
+
+Entry = tuple[torch.Tensor, list[torch.Tensor]]
 
 
 class TeacherCache:
@@ -22,33 +25,45 @@ class TeacherCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = 0
-        self._store: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._store: dict[str, Entry] = {}
+        self._transient: dict[str, Entry] = {}
+
+    def missing(self, texts: list[str]) -> list[str]:
+        """The distinct texts of a batch the teacher still has to run on."""
+        return [t for t in dict.fromkeys(texts) if t not in self._store and t not in self._transient]
 
     def lookup(self, texts: list[str], mask: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]] | None:
-        """The batch's (teacher output, {layer: token states}) if every text is cached, else None."""
-        if not all(t in self._store for t in texts):
+        """The batch's (teacher output, {layer: token states}) laid out on `mask`, or None if a text is missing."""
+        if self.missing(texts):
             return None
         self.hits += 1
+        entries = [self._store.get(t) or self._transient[t] for t in texts]
         real = mask.bool()
-        out = torch.stack([self._store[t][0] for t in texts]).float()
+        out = torch.stack([e[0] for e in entries]).float()
         states: dict[int, torch.Tensor] = {}
         for pos, layer in enumerate(self.layers):
-            first = self._store[texts[0]][1][pos]
-            full = first.new_zeros((len(texts), mask.shape[1], first.shape[-1]), dtype=torch.float32)
-            for i, t in enumerate(texts):
-                full[i, real[i]] = self._store[t][1][pos].float()
+            width = entries[0][1][pos].shape[-1]
+            full = torch.zeros((len(texts), mask.shape[1], width), dtype=torch.float32)
+            for i, e in enumerate(entries):
+                full[i, real[i]] = e[1][pos].float()
             states[layer] = full
         return out, states
 
     def store(self, texts: list[str], mask: torch.Tensor, out: torch.Tensor, states: dict[int, torch.Tensor]) -> None:
+        """Keep recurring texts (within the budget); hold the others until `end_batch`."""
         real = mask.bool()
         for i, t in enumerate(texts):
-            if t not in self.recurring or t in self._store or self.bytes >= self.max_bytes:
+            if t in self._store:
                 continue
-            kept = [states[layer][i, real[i]].detach().half() for layer in self.layers]
-            entry = (out[i].detach().half(), kept)
-            self._store[t] = entry
-            self.bytes += entry[0].numel() * 2 + sum(k.numel() * 2 for k in kept)
+            entry = (out[i].detach().half(), [states[layer][i, real[i]].detach().half() for layer in self.layers])
+            if t in self.recurring and self.bytes < self.max_bytes:
+                self._store[t] = entry
+                self.bytes += entry[0].numel() * 2 + sum(k.numel() * 2 for k in entry[1])
+            else:
+                self._transient[t] = entry
+
+    def end_batch(self) -> None:
+        self._transient.clear()
 
     def __len__(self) -> int:
         return len(self._store)

@@ -204,18 +204,23 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def teacher_targets(self, batch: dict[str, torch.Tensor], texts: list[str] | None, want_h: bool, want_a: bool, want_v: bool):
-        """The teacher's output and captured tensors for the batch, from the cache when every text is in it."""
+        """The teacher's output and captured tensors for the batch; with the cache, the teacher runs only on the
+        batch's texts it has not seen (recurring ones are kept, augmented variants only for this batch)."""
+        p = self.p
         mask = batch["attention_mask"]
-        if self.cache is not None and texts is not None:
-            hit = self.cache.lookup(texts, mask)
-            if hit is not None:
-                out, states = hit
-                return out, Captured(states=states)
-        with torch.no_grad(), capture(self.p.teacher, self.p.mapping, want_h, want_a, want_v) as tc:
-            t_out = self.p.teacher(**batch)
-        if self.cache is not None and texts is not None:
-            self.cache.store(texts, mask, t_out, tc.states)
-        return t_out, tc
+        if self.cache is None or texts is None:
+            with torch.no_grad(), capture(p.teacher, p.mapping, want_h, want_a, want_v) as tc:
+                t_out = p.teacher(**batch)
+            return t_out, tc
+        missing = self.cache.missing(texts)
+        if missing:
+            sub = tokenize(p.tokenizer, missing, p.max_len, p.with_token_types)
+            with torch.no_grad(), capture(p.teacher, p.mapping, want_h, False, False) as tc:
+                sub_out = p.teacher(**sub)
+            self.cache.store(missing, sub["attention_mask"], sub_out, tc.states)
+        out, states = self.cache.lookup(texts, mask)
+        self.cache.end_batch()
+        return out, Captured(states=states)
 
     def loss(self, batch: dict[str, torch.Tensor], texts: list[str] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         p = self.p

@@ -24,12 +24,14 @@ def test_cached_targets_match_a_fresh_teacher_forward_in_any_batch(tmp_path):
     teacher.module.eval()
     texts = load_texts()[:12]
     layers = [1, 3]
-    cache = TeacherCache(set(texts[:10]), layers)  # the last two are "augmented variants": never kept
+    cache = TeacherCache(set(texts[:10]), layers)  # the last two are "augmented variants": held for one batch only
     for chunk in (texts[:6], texts[6:]):
         batch, out, states = _teacher_run(teacher, chunk, layers)
-        assert cache.lookup(chunk, batch["attention_mask"]) is None
+        assert cache.lookup(chunk, batch["attention_mask"]) is None and cache.missing(chunk) == chunk
         cache.store(chunk, batch["attention_mask"], out, states)
-    assert len(cache) == 10 and cache.bytes > 0
+    assert len(cache) == 10 and cache.bytes > 0 and cache.missing(texts) == []
+    cache.end_batch()
+    assert cache.missing(texts) == texts[10:]
 
     regrouped = [texts[9], texts[0], texts[4], texts[7]]  # new order, new padded length
     batch, out, states = _teacher_run(teacher, regrouped, layers)
@@ -42,7 +44,7 @@ def test_cached_targets_match_a_fresh_teacher_forward_in_any_batch(tmp_path):
         assert states_c[j].shape == states[j].shape
         torch.testing.assert_close(states_c[j][m], states[j][m], rtol=5e-3, atol=5e-3)
         assert float(states_c[j][~m].abs().sum()) == 0.0  # padding positions are masked out of the loss anyway
-    assert cache.lookup([texts[0], texts[11]], batch["attention_mask"][:2]) is None  # one uncached text: recompute all
+    assert cache.lookup([texts[0], texts[11]], batch["attention_mask"][:2]) is None  # an augmented variant: run it first
 
 
 def test_cache_stops_growing_at_its_budget(tmp_path):

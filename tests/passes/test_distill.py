@@ -377,3 +377,28 @@ def test_export_with_corpus_trains_on_it_and_ships_the_student(tiny_model_dirs, 
     art = next(a for a in report["artifacts"] if a["format"] == "onnx")
     assert art["precision"] == "int8" and 0 < art["fidelity"]["metrics"]["cosine_mean"] <= 1 + 1e-6
     assert (tmp_path / "ck").is_dir()
+
+
+def test_cached_teacher_targets_train_the_same_student(helpers, corpus, tmp_path, monkeypatch):
+    """Epochs after the first read the teacher's targets from the cache (augmented variants are still run fresh):
+    the student must come out as if the teacher had run on every batch (float16 targets: tolerance 2e-3)."""
+    import edgekit.distill.trainer as trainer_mod
+
+    h = helpers["bert-embedding"]
+    opts = {"mapping": [0, 3], "epochs": 2, "lr": 1e-3, "augment": "mix,swap", "augment_copies": 1}
+    built: list = []
+    real_cache = trainer_mod.TeacherCache
+
+    def spy(*args, **kwargs):
+        built.append(real_cache(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(trainer_mod, "TeacherCache", spy)
+    cached, rec = _distill(h, corpus, tmp_path / "cached", **opts)
+    assert built and built[0].hits > 0 and len(built[0]) > 0
+    monkeypatch.setattr(trainer_mod, "TeacherCache", lambda *a, **k: None)
+    fresh, rec_fresh = _distill(h, corpus, tmp_path / "fresh", **opts)
+    a, b = (r["distill"]["heldout_after"]["cosine_mean"] for r in (rec, rec_fresh))
+    assert a == pytest.approx(b, abs=2e-3), (a, b)
+    for (name, p), q in zip(cached.named_parameters(), fresh.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
