@@ -99,11 +99,14 @@ class Result:
 
 
 def _batch_outputs(model: nn.Module, tokenizer, texts: list[str], max_len: int, with_tt: bool) -> torch.Tensor:
+    """The model's outputs for `texts`, in order; batched by length so short texts are not padded to long ones."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     rows = []
     with torch.no_grad():
-        for chunk in batches(texts, 64):
+        for chunk in batches([texts[i] for i in order], 64):
             rows.append(model(**tokenize(tokenizer, chunk, max_len, with_tt)).float())
-    return torch.cat(rows)
+    out = torch.cat(rows)
+    return out[torch.argsort(torch.tensor(order))]
 
 
 def heldout_metrics(task: str, student_out: torch.Tensor, teacher_out: torch.Tensor) -> dict[str, float]:
