@@ -12,7 +12,12 @@ attention losses need a `layers` student; the small students learn from the outp
 
 Data: `corpus` (a .txt file, one text per line, or a directory of them; default the shipped samples, or
 the CLI's --corpus). A seeded `heldout` fraction is never trained on; fidelity before/after is measured on
-it. `augment=dropout,mask,mix` adds `augment_copies` variants per text per epoch, labelled by the teacher.
+it, and training texts equal to a held-out one up to case and punctuation are dropped. `extra` adds
+training-only texts: by default (`auto`) the shipped samples/corpus when the corpus is the shipped samples,
+because a few hundred texts are too few to generalise from. `augment=dropout,mask,mix,swap` adds
+`augment_copies` variants of each corpus text per epoch (extra texts are used as they are), labelled by the
+teacher. Without `epochs`, training runs about EXAMPLES_PER_RUN examples; epochs after the first read the
+teacher's targets from a cache (`edgekit/distill/teacher_cache.py`).
 
 Checkpoints: one per epoch under `checkpoint_dir` (default ~/.cache/edgekit/distill/<hash of config,
 teacher, corpus and start model>); Ctrl-C saves one and the same command resumes from it; a finished run is
