@@ -43,6 +43,15 @@ def shipped_corpus() -> list[str]:
     return list(dict.fromkeys(load_texts(SHIPPED_CORPUS_DIR)))
 
 
+def sample_of(texts: list[str], limit: int, seed: int) -> list[str]:
+    """At most `limit` of `texts`, a seeded sample in their original order: a cut that spans every topic file
+    (taking the first `limit` lines would keep only the alphabetically first topics)."""
+    if len(texts) <= limit:
+        return list(texts)
+    keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
+    return [texts[i] for i in keep]
+
+
 def normalized(text: str) -> str:
     """Case, punctuation and spacing folded away: "STOP it!!" and "stop it" are the same text for held-out purposes."""
     return " ".join("".join(c if c.isalnum() else " " for c in text.casefold()).split())

@@ -36,6 +36,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekit" / "distill"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_key(parts: dict[str, Any]) -> str:
     """A stable hash of everything that determines the trained student (config, teacher, corpus, start model)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -74,7 +79,8 @@ class Plan:
     checkpoint_dir: Path
     key: str
     resume: bool = True
-    threads: int = 2
+    #: None: every core this process may use
+    threads: int | None = None
     dropout: bool = False
     #: train through int8 fake quantization of the layer Linears (see `edgekit/distill/qat.py`)
     qat: bool = False
@@ -94,6 +100,8 @@ class Result:
     epochs_run: int
     resumed_from: dict[str, int] | None
     world_size: int
+    #: torch threads the loop ran with
+    threads: int
     history: list[dict[str, float]]
     checkpoint: Path
 
@@ -139,7 +147,8 @@ class Trainer:
 
             self.forward = DistributedDataParallel(plan.student)
         self.params = [q for q in plan.student.parameters() if q.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=plan.lr, weight_decay=plan.weight_decay)
+        # fused: one kernel for all parameters, ~4x faster than the per-tensor loop on CPU (a tenth of each step here)
+        self.optimizer = torch.optim.AdamW(self.params, lr=plan.lr, weight_decay=plan.weight_decay, fused=True)
         first_epoch = epoch_texts(plan.train, plan.augment, plan.augment_copies, plan.seed, 0, "[MASK]", plan.extra)
         self.steps_per_epoch = len(self.my_batches(first_epoch, 0))
         total = max(1, self.steps_per_epoch * plan.epochs)
@@ -253,7 +262,9 @@ class Trainer:
     def run(self) -> Result:
         p = self.p
         previous_threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(p.threads, previous_threads)))
+        # under torchrun the processes share the cores: each takes its share unless told otherwise
+        self.threads = max(1, min(p.threads or usable_cores() // self.world, usable_cores()))
+        torch.set_num_threads(self.threads)
         try:
             return self._run()
         finally:
@@ -357,6 +368,7 @@ class Trainer:
             train_cpu_seconds=spent["train_cpu_seconds"],
             epochs_run=epoch - start_epoch,
             world_size=self.world,
+            threads=self.threads,
             resumed_from=resumed,
             history=p.history,
             checkpoint=p.checkpoint_dir,

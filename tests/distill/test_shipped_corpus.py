@@ -10,6 +10,7 @@ from edgekit.distill.data import (
     is_shipped_samples,
     load_corpus,
     normalized,
+    sample_of,
     shipped_corpus,
     without_heldout,
 )
@@ -40,11 +41,24 @@ def test_shipped_samples_are_recognised_however_spelled(tmp_path):
 
 def test_shipped_corpus_is_large_distinct_and_never_a_sample_text():
     corpus = shipped_corpus()
-    assert len(corpus) >= 16000
+    assert len(corpus) >= 48000
     assert len({normalized(t) for t in corpus}) == len(corpus), "near-duplicate lines inside the corpus"
     samples = {normalized(t) for t in load_corpus(None)}
     assert not [t for t in corpus if normalized(t) in samples]
     assert {f.name for f in SHIPPED_CORPUS_DIR.glob("*.txt")} >= {"conversation_and_social.txt", "multilingual_and_shopping.txt"}
+
+
+def test_sample_of_is_seeded_ordered_and_spans_every_topic():
+    corpus = shipped_corpus()
+    picked = sample_of(corpus, 16000, seed=0)
+    assert len(picked) == 16000 and picked == sample_of(corpus, 16000, seed=0) and picked != sample_of(corpus, 16000, seed=1)
+    position = {t: i for i, t in enumerate(corpus)}
+    assert [position[t] for t in picked] == sorted(position[t] for t in picked)  # original order kept
+    for topic in SHIPPED_CORPUS_DIR.glob("*.txt"):  # a cut of the first 16k lines would miss most topic files
+        lines = set(load_corpus(topic))
+        share = sum(t in lines for t in picked) / len(lines)
+        assert 0.2 < share < 0.5, (topic.name, share)  # 16k of 48k: about a third of each file
+    assert sample_of(["a", "b"], 5, seed=0) == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -56,15 +70,15 @@ def test_extra_auto_adds_the_shipped_corpus_only_to_the_shipped_samples(tmp_path
     mine.write_text("a\nb\n")
     texts, source = get_pass("distill", {"extra": extra}).extra_texts(None if corpus_is_samples else mine)
     assert source == expected
-    assert (len(texts) >= 16000) if expected else texts == []
+    assert (len(texts) == 16000) if expected else texts == []  # the default extra_limit, sampled across the corpus
 
 
 def test_default_epochs_follow_the_example_budget():
     d = get_pass("distill", {})
     assert d.default_epochs(313) == 10  # a few hundred texts (x4 with augmentation): capped at 10
     assert d.default_epochs(9500) == 1  # ~9.5k texts x 4: one epoch is already ~38k examples
-    assert get_pass("distill", {"augment_copies": 0}).default_epochs(9500) == 4
-    assert d.default_epochs(313, 16182) == 2  # the shipped samples' training side x4, plus the shipped corpus once
+    assert get_pass("distill", {"augment_copies": 0}).default_epochs(9500) == 5
+    assert d.default_epochs(313, 16000) == 3  # the shipped samples' training side x4, plus 16k shipped-corpus texts
 
 
 @pytest.mark.slow

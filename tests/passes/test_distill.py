@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from edgekit.distill import losses
 from edgekit.distill.data import split_heldout
 from edgekit.distill.students import resolve_mapping
+from edgekit.distill.trainer import usable_cores
 from edgekit.errors import UserError
 from edgekit.passes import PassContext, get_pass
 from tests.conftest import run_cli
@@ -168,6 +169,7 @@ def test_distillation_raises_heldout_fidelity(helpers, corpus, tmp_path):
     assert after >= before + 0.3, (before, after)
     assert d["train_texts"] + d["train_dropped_as_heldout_duplicates"] + d["heldout_texts"] == len(set(corpus.read_text().splitlines()))
     assert d["extra_texts"] == 0 and d["extra_source"] is None  # extra=auto adds nothing to a user's corpus
+    assert d["threads"] == usable_cores()  # by default every core this process may use
     assert rec["params_after"] < rec["params_before"]
     # a finished run is reused, not retrained
     _, rec2 = _distill(h, corpus, tmp_path / "ck", **opts)
@@ -357,6 +359,7 @@ def test_ddp_two_processes_gloo(tiny_model_dirs, corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "edgekit_compress.json").read_text())["passes"][0]["distill"]
     assert record["processes"] == 2 and record["epochs_run_this_time"] == 2
+    assert record["threads"] == max(1, usable_cores() // 2)  # the processes share the cores instead of oversubscribing
     assert (ckpt / "epoch-002.pt").is_file()
 
 
